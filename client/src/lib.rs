@@ -1,0 +1,1 @@
+//! Client for the fencelock module (work in progress).

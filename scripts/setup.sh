@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One shared setup step for `make run`, `make test` and `make bench`:
+# installs the Debian packages the build and the tests need, skipping what is
+# already there, and runs `apt-get update` at most once.
+set -euo pipefail
+
+packages=(redis-server redis-tools redis-sentinel libclang-dev)
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+  # Debian's package starts a system redis-server (and sentinel) on 6379/26379;
+  # our tests start their own servers, and `make run` wants 6379 for itself.
+  if command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl stop redis-server redis-sentinel >/dev/null 2>&1 || true
+  fi
+  $SUDO service redis-server stop >/dev/null 2>&1 || true
+  $SUDO service redis-sentinel stop >/dev/null 2>&1 || true
+fi

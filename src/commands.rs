@@ -1,0 +1,231 @@
+//! The command layer: one small function per command — parse, apply the lock
+//! rules to the key, reply. Storing, replicating and announcing the change
+//! happen in `engine::Site`.
+
+use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
+
+use crate::args::{self, ArgError, Wait};
+use crate::engine::{lock_in, Site};
+use crate::ffi;
+use crate::lock::{Lock, Released};
+use crate::state::{self, now_ms};
+use crate::stats::{bump, STATS};
+use crate::waiting;
+
+/// Maps a parse failure to its reply.
+fn bad(e: ArgError) -> RedisError {
+    match e {
+        ArgError::Arity => RedisError::WrongArity,
+        ArgError::Invalid(msg) => RedisError::Str(msg),
+    }
+}
+
+/// The arguments after the command name, as byte slices.
+fn raw_args(args: &[RedisString]) -> Vec<&[u8]> {
+    args.iter().skip(1).map(RedisString::as_slice).collect()
+}
+
+fn token_reply(token: u64) -> RedisValue {
+    RedisValue::Integer(i64::try_from(token).unwrap_or(i64::MAX))
+}
+
+/// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms]`
+pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let raw = raw_args(&args);
+    let req = args::acquire(&raw).map_err(bad)?;
+    let Some(name) = args.get(1) else {
+        return Err(RedisError::WrongArity);
+    };
+    let site = Site::open(ctx, name);
+    let now = now_ms();
+    let mut current = lock_in(&site.key)?;
+    if let Some(lock) = current.as_deref() {
+        if lock.is_expired(now) {
+            // The timer has not run yet: expire first (waiters come first),
+            // then look again.
+            site.expire(lock.deadline_ms, lock.token, now)?;
+            current = lock_in(&site.key)?;
+        }
+    }
+    match current {
+        None => {
+            let token = state::with(|s| s.tokens.next(now));
+            site.store_grant(Lock::grant(req.owner, token, now, req.ttl_ms))?;
+            bump(&STATS.grants);
+            if !state::with(|s| s.queues.is_empty()) {
+                if let Some(lock) = lock_in(&site.key)? {
+                    site.admit_same_owner(lock, now);
+                }
+            }
+            Ok(token_reply(token))
+        }
+        Some(lock) if lock.is_held_by(req.owner) => {
+            let old = lock.deadline_ms;
+            let token = lock
+                .reenter(req.owner, now, req.ttl_ms)
+                .map_err(|_| RedisError::Str("ERR lock changed hands"))?;
+            site.updated(lock, old);
+            bump(&STATS.reentries);
+            Ok(token_reply(token))
+        }
+        Some(_) => {
+            let may_block = !ctx
+                .get_flags()
+                .intersects(ContextFlags::DENY_BLOCKING | ContextFlags::MULTI | ContextFlags::LUA);
+            match req.wait {
+                Wait::No => {}
+                _ if !may_block => {}
+                Wait::Forever => return waiting::block(ctx, &site, &req, None, now),
+                Wait::Ms(ms) => return waiting::block(ctx, &site, &req, Some(ms), now),
+            }
+            bump(&STATS.denied);
+            Ok(RedisValue::Null)
+        }
+    }
+}
+
+/// `LOCK.RENEW key owner ttl-ms`
+pub fn renew(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let raw = raw_args(&args);
+    let req = args::renew(&raw).map_err(bad)?;
+    let Some(name) = args.get(1) else {
+        return Err(RedisError::WrongArity);
+    };
+    let site = Site::open(ctx, name);
+    let now = now_ms();
+    match lock_in(&site.key)? {
+        Some(lock) if lock.is_expired(now) => {
+            site.expire(lock.deadline_ms, lock.token, now)?;
+        }
+        Some(lock) if lock.is_held_by(req.owner) => {
+            let old = lock.deadline_ms;
+            if lock.renew(req.owner, now, req.ttl_ms).is_ok() {
+                site.updated(lock, old);
+                bump(&STATS.renewals);
+                return Ok(RedisValue::Integer(1));
+            }
+        }
+        _ => {}
+    }
+    bump(&STATS.renew_misses);
+    Ok(RedisValue::Integer(0))
+}
+
+/// `LOCK.RELEASE key owner`
+pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let raw = raw_args(&args);
+    let req = args::release(&raw).map_err(bad)?;
+    let Some(name) = args.get(1) else {
+        return Err(RedisError::WrongArity);
+    };
+    let site = Site::open(ctx, name);
+    let now = now_ms();
+    match lock_in(&site.key)? {
+        Some(lock) if lock.is_expired(now) => {
+            site.expire(lock.deadline_ms, lock.token, now)?;
+        }
+        Some(lock) if lock.is_held_by(req.owner) => {
+            let (deadline, token) = (lock.deadline_ms, lock.token);
+            match lock.release(req.owner) {
+                Ok(Released::StillHeld(holds)) => {
+                    site.updated(lock, deadline);
+                    bump(&STATS.releases);
+                    return Ok(RedisValue::Integer(i64::try_from(holds).unwrap_or(i64::MAX)));
+                }
+                Ok(Released::Free) => {
+                    site.remove(deadline, token, "lock.release", now)?;
+                    bump(&STATS.releases);
+                    return Ok(RedisValue::Integer(0));
+                }
+                Err(_) => {}
+            }
+        }
+        _ => {}
+    }
+    bump(&STATS.release_misses);
+    Ok(RedisValue::Null)
+}
+
+/// `LOCK.FORCERELEASE key`
+pub fn force_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let raw = raw_args(&args);
+    args::key_only(&raw).map_err(bad)?;
+    let Some(name) = args.get(1) else {
+        return Err(RedisError::WrongArity);
+    };
+    let site = Site::open(ctx, name);
+    let now = now_ms();
+    match lock_in(&site.key)? {
+        Some(lock) if lock.is_expired(now) => {
+            site.expire(lock.deadline_ms, lock.token, now)?;
+            Ok(RedisValue::Integer(0))
+        }
+        Some(lock) => {
+            site.remove(lock.deadline_ms, lock.token, "lock.forcerelease", now)?;
+            bump(&STATS.forced_releases);
+            Ok(RedisValue::Integer(1))
+        }
+        None => Ok(RedisValue::Integer(0)),
+    }
+}
+
+/// `LOCK.INFO key`: read-only; a lock whose lease has passed is never shown
+/// (also on a replica, which waits for the master to delete it).
+pub fn info(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let raw = raw_args(&args);
+    args::key_only(&raw).map_err(bad)?;
+    let Some(name) = args.get(1) else {
+        return Err(RedisError::WrongArity);
+    };
+    let key = ctx.open_key(name);
+    let lock = key
+        .get_value::<Lock>(&crate::datatype::LOCK_TYPE)
+        .map_err(|_| RedisError::WrongType)?;
+    let now = now_ms();
+    match lock {
+        Some(lock) if !lock.is_expired(now) => {
+            let db = ffi::selected_db(ctx);
+            let waiters = state::with(|s| s.queues.waiting(db, name.as_slice()));
+            ffi::reply_lock_info(ctx, lock, lock.remaining_ms(now), waiters);
+            Ok(RedisValue::NoReply)
+        }
+        _ => Ok(RedisValue::Null),
+    }
+}
+
+/// `LOCK.APPLY key owner holds token deadline-ms` — internal: the effect of
+/// a change as the master replicates it and as the AOF records it. Accepted
+/// only from the master's replication stream or while loading the AOF.
+pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if !ctx
+        .get_flags()
+        .intersects(ContextFlags::REPLICATED | ContextFlags::LOADING)
+    {
+        return Err(RedisError::Str(
+            "ERR LOCK.APPLY is internal: accepted only from the replication stream or the AOF",
+        ));
+    }
+    let raw = raw_args(&args);
+    let req = args::apply(&raw).map_err(bad)?;
+    let Some(name) = args.get(1) else {
+        return Err(RedisError::WrongArity);
+    };
+    state::with(|s| s.tokens.observe(req.token));
+    let key = ctx.open_key_writable(name);
+    if lock_in(&key).is_err() {
+        key.delete()?;
+    }
+    let lock = Lock {
+        owner: req.owner.to_vec(),
+        holds: req.holds,
+        token: req.token,
+        deadline_ms: req.deadline_ms,
+    };
+    key.set_value(&crate::datatype::LOCK_TYPE, lock)
+        .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
+    crate::datatype::on_stored();
+    // A replica keeps no schedule (it never expires leases itself); the
+    // schedule is rebuilt from the keyspace when loading ends and on
+    // promotion.
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}

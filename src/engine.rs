@@ -1,0 +1,415 @@
+//! The keyspace side of the lock: reading a lock from its key, and the one
+//! place where every change is stored, scheduled for expiry, replicated (as
+//! its effect, with absolute deadline and token) and announced.
+//!
+//! Also the module's reactions to time and to the server: the expiry timer,
+//! hand-off to waiters, and what generic commands (DEL, RENAME, FLUSHDB,
+//! SWAPDB, ...) and role changes do to locks and their waiters.
+
+use redis_module::key::RedisKeyWritable;
+use redis_module::{Context, ContextFlags, NotifyEvent, RedisError, RedisString};
+
+use crate::datatype::{self, LOCK_TYPE};
+use crate::ffi::{self, TimerKind, WaitOutcome};
+use crate::lock::Lock;
+use crate::queue::Waiter;
+use crate::state::{self, now_ms};
+use crate::stats::{bump, STATS};
+
+/// How many leases one run of the expiry timer removes at most before it
+/// yields to the event loop (it re-arms itself at once when more are due).
+const EXPIRY_BATCH: usize = 1000;
+
+/// The lock stored in `key`: `Ok(None)` when the key is empty, `WRONGTYPE`
+/// when it holds another type.
+pub fn lock_in(key: &RedisKeyWritable) -> Result<Option<&'static mut Lock>, RedisError> {
+    key.get_value::<Lock>(&LOCK_TYPE).map_err(|_| RedisError::WrongType)
+}
+
+/// Where a command operates: the context, its database and key.
+pub struct Site<'a> {
+    pub ctx: &'a Context,
+    pub db: i32,
+    pub name: &'a RedisString,
+    pub key: RedisKeyWritable,
+}
+
+impl<'a> Site<'a> {
+    /// Opens `name` for writing in the context's selected database.
+    pub fn open(ctx: &'a Context, name: &'a RedisString) -> Self {
+        Site {
+            ctx,
+            db: ffi::selected_db(ctx),
+            name,
+            key: ctx.open_key_writable(name),
+        }
+    }
+
+    fn notify(&self, event: &str) {
+        self.ctx.notify_keyspace_event(NotifyEvent::MODULE, event, self.name);
+    }
+
+    /// Replicates the lock's whole state with its absolute deadline.
+    fn replicate_state(&self, lock: &Lock) {
+        let holds = lock.holds.to_string();
+        let token = lock.token.to_string();
+        let deadline = lock.deadline_ms.to_string();
+        let args: [&[u8]; 5] = [
+            self.name.as_slice(),
+            &lock.owner,
+            holds.as_bytes(),
+            token.as_bytes(),
+            deadline.as_bytes(),
+        ];
+        self.ctx.replicate("LOCK.APPLY", &args);
+    }
+
+    /// Stores a fresh grant: value, schedule, replication, notification.
+    pub fn store_grant(&self, lock: Lock) -> Result<(), RedisError> {
+        self.replicate_state(&lock);
+        let (deadline_ms, token) = (lock.deadline_ms, lock.token);
+        self.key
+            .set_value(&LOCK_TYPE, lock)
+            .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
+        datatype::on_stored();
+        schedule(self.ctx, deadline_ms, token, self.db, self.name.as_slice());
+        self.notify("lock.acquire");
+        Ok(())
+    }
+
+    /// A held lock changed in place (re-entry, renewal, partial release):
+    /// move its lease in the schedule if needed and replicate its state.
+    pub fn updated(&self, lock: &Lock, old_deadline_ms: u64) {
+        if old_deadline_ms != lock.deadline_ms {
+            state::with(|s| {
+                s.schedule.reschedule(
+                    old_deadline_ms,
+                    lock.deadline_ms,
+                    lock.token,
+                    self.db,
+                    self.name.as_slice(),
+                )
+            });
+            arm_expiry_timer(self.ctx);
+        }
+        self.replicate_state(lock);
+    }
+
+    /// Deletes the lock (release to zero, expiry, force-release), announces
+    /// `event`, then hands the now free lock to the first waiter.
+    pub fn remove(&self, lock_deadline_ms: u64, lock_token: u64, event: &str, now_ms: u64) -> Result<(), RedisError> {
+        state::with(|s| s.schedule.remove(lock_deadline_ms, lock_token));
+        // The key is open; deleting through it keeps it open for a new value.
+        self.key.delete()?;
+        self.ctx.replicate("DEL", &[self.name.as_slice()]);
+        self.notify(event);
+        self.hand_off(now_ms)
+    }
+
+    /// Expires a lock whose lease has passed.
+    pub fn expire(&self, lock_deadline_ms: u64, lock_token: u64, now_ms: u64) -> Result<(), RedisError> {
+        bump(&STATS.expired);
+        self.remove(lock_deadline_ms, lock_token, "lock.expire", now_ms)
+    }
+
+    /// The lock on this (now empty) key goes to the first waiter still within
+    /// its wait, in the same event that freed it.
+    pub fn hand_off(&self, now_ms: u64) -> Result<(), RedisError> {
+        let handoff = state::with(|s| {
+            let h = s.queues.hand_off(self.db, self.name.as_slice(), now_ms);
+            let token = h.granted.as_ref().map(|_| s.tokens.next(now_ms));
+            (h, token)
+        });
+        let (h, token) = handoff;
+        for w in &h.timed_out {
+            bump(&STATS.wait_timeouts);
+            ffi::unblock_client(w.id, WaitOutcome::Nil);
+        }
+        let (Some(first), Some(token)) = (h.granted, token) else {
+            return Ok(());
+        };
+        let mut lock = Lock::grant(&first.owner, token, now_ms, first.ttl_ms);
+        for w in &h.reentrant {
+            let _ = lock.reenter(&w.owner, now_ms, w.ttl_ms);
+            bump(&STATS.reentries);
+        }
+        self.store_grant(lock)?;
+        bump(&STATS.grants);
+        bump(&STATS.handoffs);
+        for w in std::iter::once(&first).chain(h.reentrant.iter()) {
+            ffi::unblock_client(w.id, WaitOutcome::Granted(token));
+        }
+        Ok(())
+    }
+
+    /// Waiters of `owner` queued on this key re-enter the lock it now holds.
+    pub fn admit_same_owner(&self, lock: &mut Lock, now_ms: u64) {
+        let same: Vec<Waiter> =
+            state::with(|s| s.queues.take_owner(self.db, self.name.as_slice(), &lock.owner));
+        if same.is_empty() {
+            return;
+        }
+        let old = lock.deadline_ms;
+        for w in &same {
+            let _ = lock.reenter(&w.owner, now_ms, w.ttl_ms);
+            bump(&STATS.reentries);
+        }
+        self.updated(lock, old);
+        for w in &same {
+            ffi::unblock_client(w.id, WaitOutcome::Granted(lock.token));
+        }
+    }
+}
+
+/// True when this server is a master (leases are expired by masters only;
+/// a replica waits for the master's deletions).
+pub fn is_master(ctx: &Context) -> bool {
+    ctx.get_flags().contains(ContextFlags::MASTER)
+}
+
+/// Tracks a lease and makes sure the expiry timer fires by its deadline.
+pub fn schedule(ctx: &Context, deadline_ms: u64, token: u64, db: i32, key: &[u8]) {
+    state::with(|s| s.schedule.insert(deadline_ms, token, db, key));
+    arm_expiry_timer(ctx);
+}
+
+/// (Re-)arms the expiry timer for the earliest tracked deadline, unless it
+/// is already armed for that deadline or earlier.
+pub fn arm_expiry_timer(ctx: &Context) {
+    let now = now_ms();
+    let plan = state::with(|s| {
+        let next = s.schedule.next_deadline()?;
+        match s.expiry_timer {
+            Some((_, armed_for)) if armed_for <= next => None,
+            current => Some((current.map(|(id, _)| id), next)),
+        }
+    });
+    let Some((old, next)) = plan else {
+        return;
+    };
+    if let Some(id) = old {
+        ffi::stop_timer(ctx, id);
+    }
+    let id = ffi::start_timer(ctx, next.saturating_sub(now), TimerKind::Expiry);
+    state::with(|s| s.expiry_timer = id.map(|id| (id, next)));
+}
+
+/// The expiry timer fired: remove every lease that is due (in batches), hand
+/// each freed lock to its first waiter, and re-arm for the next deadline.
+pub fn on_expiry_timer(ctx: &Context) {
+    state::with(|s| s.expiry_timer = None);
+    if !is_master(ctx) {
+        state::with(|s| s.schedule = Default::default());
+        return;
+    }
+    let now = now_ms();
+    let due = state::with(|s| s.schedule.pop_due(now, EXPIRY_BATCH));
+    let more = due.len() == EXPIRY_BATCH;
+    for lease in due {
+        if !ffi::select_db(ctx, lease.at.db) {
+            continue;
+        }
+        let name = ctx.create_string(&*lease.at.key);
+        let site = Site::open(ctx, &name);
+        // Act only on the very lock this entry was made for: a stale entry
+        // (key deleted, overwritten, renewed) must never touch another lock.
+        let current = match lock_in(&site.key) {
+            Ok(Some(lock)) => lock.token == lease.token && lock.deadline_ms == lease.deadline_ms,
+            _ => false,
+        };
+        if current {
+            let _ = site.expire(lease.deadline_ms, lease.token, now);
+        }
+    }
+    if more {
+        // Yield to clients, then go on at once.
+        let id = ffi::start_timer(ctx, 0, TimerKind::Expiry);
+        state::with(|s| s.expiry_timer = id.map(|id| (id, now)));
+    } else {
+        arm_expiry_timer(ctx);
+    }
+}
+
+// ------------------------------------------------------------ generic commands
+
+/// A keyspace event from any command. Reacts to what generic commands do to
+/// a lock key:
+/// - the key moved (`rename_to`, `move_to`) or arrived (`restore`): its
+///   lease is tracked under the new name, so it still expires on time;
+/// - anything else happened to a key with waiters (DEL, UNLINK, the source
+///   of RENAME/MOVE, EXPIRE that fired, eviction, an overwrite by SET, ...):
+///   the key is looked at by the sweep timer right after this command, and
+///   if the lock is gone the first waiter gets the free name.
+pub fn on_keyspace_event(ctx: &Context, _class: NotifyEvent, event: &str, key: &[u8]) {
+    match event {
+        "rename_to" | "move_to" | "restore" => {
+            if is_master(ctx) {
+                track_key(ctx, key);
+            }
+        }
+        _ => {
+            let db = ffi::selected_db(ctx);
+            let orphaned = state::with(|s| {
+                if s.queues.waiting(db, key) == 0 {
+                    return false;
+                }
+                s.orphaned.insert((db, key.into()));
+                true
+            });
+            if orphaned {
+                arm_sweep_timer(ctx);
+            }
+        }
+    }
+}
+
+/// Starts tracking the lease of the lock stored at `key` (selected db).
+fn track_key(ctx: &Context, key: &[u8]) {
+    let name = ctx.create_string(key);
+    let handle = ctx.open_key(&name);
+    if let Ok(Some(lock)) = handle.get_value::<Lock>(&LOCK_TYPE) {
+        let (deadline, token) = (lock.deadline_ms, lock.token);
+        state::with(|s| s.tokens.observe(token));
+        schedule(ctx, deadline, token, ffi::selected_db(ctx), key);
+    }
+}
+
+fn arm_sweep_timer(ctx: &Context) {
+    if state::with(|s| s.sweep_timer.is_some()) {
+        return;
+    }
+    let id = ffi::start_timer(ctx, 0, TimerKind::Sweep);
+    state::with(|s| s.sweep_timer = id);
+}
+
+/// The sweep timer: for every key whose lock may have vanished under its
+/// waiters, hand the free name to the first waiter, or answer the waiters
+/// with WRONGTYPE if the name now holds another type.
+pub fn on_sweep_timer(ctx: &Context) {
+    let keys: Vec<_> = state::with(|s| {
+        s.sweep_timer = None;
+        s.orphaned.drain().collect()
+    });
+    if !is_master(ctx) {
+        return;
+    }
+    let now = now_ms();
+    for (db, key) in keys {
+        if !ffi::select_db(ctx, db) {
+            continue;
+        }
+        let name = ctx.create_string(&*key);
+        let site = Site::open(ctx, &name);
+        match lock_in(&site.key) {
+            Ok(None) => {
+                let _ = site.hand_off(now);
+            }
+            Ok(Some(lock)) if lock.is_expired(now) => {
+                let _ = site.expire(lock.deadline_ms, lock.token, now);
+            }
+            Ok(Some(lock)) => site.admit_same_owner(lock, now),
+            Err(_) => {
+                for w in state::with(|s| s.queues.take_all(db, &key)) {
+                    ffi::unblock_client(
+                        w.id,
+                        WaitOutcome::Error("WRONGTYPE the lock key now holds another kind of value"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// FLUSHDB / FLUSHALL finished: forget the leases of the flushed database(s)
+/// and let waiters there take the now free names.
+pub fn on_flushed(ctx: &Context, db: Option<i32>) {
+    let any = state::with(|s| {
+        s.schedule.forget_db(db);
+        let keys = s.queues.keys(db);
+        let any = !keys.is_empty();
+        s.orphaned.extend(keys);
+        any
+    });
+    if any {
+        arm_sweep_timer(ctx);
+    }
+}
+
+/// SWAPDB: leases follow their keys into the other database; waiters keep
+/// waiting for the name in the database they asked in, which now holds
+/// other data, so those names are looked at again.
+pub fn on_swapdb(ctx: &Context, a: i32, b: i32) {
+    let any = state::with(|s| {
+        s.schedule.swap_dbs(a, b);
+        let mut keys = s.queues.keys(Some(a));
+        keys.extend(s.queues.keys(Some(b)));
+        let any = !keys.is_empty();
+        s.orphaned.extend(keys);
+        any
+    });
+    if any {
+        arm_sweep_timer(ctx);
+    }
+}
+
+// ------------------------------------------------------- roles and loading
+
+/// Rebuilds the lease schedule from the keyspace (every database), then
+/// arms the expiry timer: overdue leases are expired at once.
+pub fn rebuild_schedule(ctx: &Context) {
+    state::with(|s| s.schedule = Default::default());
+    let original_db = ffi::selected_db(ctx);
+    let mut db = 0;
+    // Redis has at most a few thousand databases; stop at the first that
+    // does not exist.
+    while db < 100_000 && ffi::select_db(ctx, db) {
+        let found = std::cell::RefCell::new(Vec::new());
+        let cursor = redis_module::KeysCursor::new();
+        let collect = |_ctx: &Context, name: &RedisString, key: Option<&redis_module::key::RedisKey>| {
+            if let Some(Ok(Some(lock))) = key.map(|k| k.get_value::<Lock>(&LOCK_TYPE)) {
+                found
+                    .borrow_mut()
+                    .push((lock.deadline_ms, lock.token, name.as_slice().to_vec()));
+            }
+        };
+        while cursor.scan(ctx, &collect) {}
+        let found = found.into_inner();
+        state::with(|s| {
+            for (deadline, token, key) in &found {
+                s.tokens.observe(*token);
+                s.schedule.insert(*deadline, *token, db, key);
+            }
+        });
+        db += 1;
+    }
+    ffi::select_db(ctx, original_db);
+    arm_expiry_timer(ctx);
+}
+
+/// Loading (RDB, AOF or a full resync) ended.
+pub fn on_loading_ended(ctx: &Context) {
+    if is_master(ctx) {
+        rebuild_schedule(ctx);
+    }
+}
+
+/// This server became a master (promotion) or a replica (demotion).
+pub fn on_role_changed(ctx: &Context, now_master: bool) {
+    if now_master {
+        // Tokens must exceed every token the old master granted, even those
+        // that never reached us: the clock part of the generator covers
+        // them; the keyspace scan raises the floor to every token we saw.
+        rebuild_schedule(ctx);
+    } else {
+        // Redis answers and disconnects every blocked client on demotion;
+        // our timers stop acting (the new master's deletions arrive by
+        // replication).
+        let timer = state::with(|s| {
+            s.schedule = Default::default();
+            s.expiry_timer.take()
+        });
+        if let Some((id, _)) = timer {
+            ffi::stop_timer(ctx, id);
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Every `unsafe` call into Redis that the `redis-module` crate does not wrap
+//! (or wraps in a way unfit here) lives in this file: blocking clients,
+//! timers, database selection, server-event subscriptions and the data
+//! type's I/O helpers. Each `extern "C"` callback only converts its
+//! arguments and calls a safe function elsewhere in the module.
+//!
+//! Every function pointer is checked before use: a missing API is reported
+//! as a failure, never unwrapped (a panic here would abort redis-server).
+
+use std::os::raw::{c_int, c_void};
+use std::ptr;
+
+use redis_module::{raw, Context, RedisString};
+
+use crate::{datatype, engine, waiting};
+
+const OK: c_int = raw::REDISMODULE_OK as c_int;
+const ERR: c_int = raw::REDISMODULE_ERR as c_int;
+
+// ---------------------------------------------------------------- databases
+
+/// The database the context has selected.
+pub fn selected_db(ctx: &Context) -> i32 {
+    match unsafe { raw::RedisModule_GetSelectedDb } {
+        Some(f) => unsafe { f(ctx.ctx) },
+        None => 0,
+    }
+}
+
+/// Selects a database on the context; false when it does not exist.
+pub fn select_db(ctx: &Context, db: i32) -> bool {
+    match unsafe { raw::RedisModule_SelectDb } {
+        Some(f) => unsafe { f(ctx.ctx, db) == OK },
+        None => false,
+    }
+}
+
+// ------------------------------------------------------------------- timers
+
+/// What a timer does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum TimerKind {
+    /// Expire the leases that are due.
+    Expiry = 1,
+    /// Look at keys whose lock vanished under their waiters.
+    Sweep = 2,
+}
+
+extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+    let ctx = Context::new(ctx);
+    if data as usize == TimerKind::Expiry as usize {
+        engine::on_expiry_timer(&ctx);
+    } else {
+        engine::on_sweep_timer(&ctx);
+    }
+}
+
+/// Arms a one-shot timer; `None` if Redis refused.
+pub fn start_timer(ctx: &Context, delay_ms: u64, kind: TimerKind) -> Option<u64> {
+    let f = unsafe { raw::RedisModule_CreateTimer }?;
+    let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX);
+    // The timer's data is the kind itself, not a pointer to anything.
+    let id = unsafe { f(ctx.ctx, delay, Some(on_timer), kind as usize as *mut c_void) };
+    Some(id)
+}
+
+/// Disarms a timer (no-op if it already fired).
+pub fn stop_timer(ctx: &Context, id: u64) {
+    if let Some(f) = unsafe { raw::RedisModule_StopTimer } {
+        unsafe { f(ctx.ctx, id, ptr::null_mut()) };
+    }
+}
+
+// --------------------------------------------------------- blocked clients
+
+/// How a blocked `LOCK.ACQUIRE ... WAIT` is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// Granted: reply with the fencing token.
+    Granted(u64),
+    /// Not granted: reply nil.
+    Nil,
+    /// Reply with this error.
+    Error(&'static str),
+}
+
+/// Blocks the calling client; returns its handle as a waiter id.
+pub fn block_client(ctx: &Context, timeout_ms: u64) -> Option<usize> {
+    let block = unsafe { raw::RedisModule_BlockClient }?;
+    let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
+    let bc = unsafe {
+        block(
+            ctx.ctx,
+            Some(on_wait_reply),
+            Some(on_wait_timeout),
+            Some(on_wait_free),
+            timeout,
+        )
+    };
+    if bc.is_null() {
+        return None;
+    }
+    if let Some(set_disconnect) = unsafe { raw::RedisModule_SetDisconnectCallback } {
+        unsafe { set_disconnect(bc, Some(on_wait_disconnect)) };
+    }
+    Some(bc as usize)
+}
+
+/// Answers a blocked client (its reply is written on the next event loop
+/// turn, by `on_wait_reply`).
+pub fn unblock_client(id: usize, outcome: WaitOutcome) {
+    let Some(unblock) = (unsafe { raw::RedisModule_UnblockClient }) else {
+        return;
+    };
+    let data = Box::into_raw(Box::new(outcome)).cast::<c_void>();
+    let status = unsafe { unblock(id as *mut raw::RedisModuleBlockedClient, data) };
+    if status != OK {
+        // Redis kept no reference to the data.
+        drop(unsafe { Box::from_raw(data.cast::<WaitOutcome>()) });
+    }
+}
+
+extern "C" fn on_wait_reply(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
+    let context = Context::new(ctx);
+    let data = match unsafe { raw::RedisModule_GetBlockedClientPrivateData } {
+        Some(f) => unsafe { f(ctx) }.cast::<WaitOutcome>(),
+        None => ptr::null_mut(),
+    };
+    let outcome = if data.is_null() {
+        WaitOutcome::Nil
+    } else {
+        unsafe { *data }
+    };
+    waiting::reply(&context, outcome);
+    OK
+}
+
+extern "C" fn on_wait_timeout(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
+    let context = Context::new(ctx);
+    let id = match unsafe { raw::RedisModule_GetBlockedClientHandle } {
+        Some(f) => (unsafe { f(ctx) }) as usize,
+        None => 0,
+    };
+    waiting::on_timeout(&context, id);
+    OK
+}
+
+extern "C" fn on_wait_free(_ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+    if !data.is_null() {
+        drop(unsafe { Box::from_raw(data.cast::<WaitOutcome>()) });
+    }
+}
+
+extern "C" fn on_wait_disconnect(_ctx: *mut raw::RedisModuleCtx, bc: *mut raw::RedisModuleBlockedClient) {
+    waiting::on_abandoned(bc as usize);
+}
+
+// ------------------------------------------------------------ server events
+
+/// `REDISMODULE_SUBEVENT_*` values used below (stable across Redis 6/7).
+const ROLE_NOW_MASTER: u64 = 0;
+const LOADING_ENDED: u64 = 3;
+const FLUSH_END: u64 = 1;
+
+extern "C" fn on_role_changed(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+    engine::on_role_changed(&Context::new(ctx), sub == ROLE_NOW_MASTER);
+}
+
+extern "C" fn on_loading(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+    if sub == LOADING_ENDED {
+        engine::on_loading_ended(&Context::new(ctx));
+    }
+}
+
+extern "C" fn on_flush(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
+    if sub != FLUSH_END || data.is_null() {
+        return;
+    }
+    let info = unsafe { &*data.cast::<raw::RedisModuleFlushInfoV1>() };
+    let db = if info.dbnum < 0 { None } else { Some(info.dbnum) };
+    engine::on_flushed(&Context::new(ctx), db);
+}
+
+extern "C" fn on_swapdb(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, _sub: u64, data: *mut c_void) {
+    if data.is_null() {
+        return;
+    }
+    let info = unsafe { &*data.cast::<raw::RedisModuleSwapDbInfoV1>() };
+    engine::on_swapdb(&Context::new(ctx), info.dbnum_first, info.dbnum_second);
+}
+
+/// Subscribes to the server events the module reacts to.
+pub fn subscribe_server_events(ctx: &Context) -> bool {
+    let Some(subscribe) = (unsafe { raw::RedisModule_SubscribeToServerEvent }) else {
+        return false;
+    };
+    let events: [(u64, raw::RedisModuleEventCallback); 4] = [
+        (raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED as u64, Some(on_role_changed)),
+        (raw::REDISMODULE_EVENT_LOADING as u64, Some(on_loading)),
+        (raw::REDISMODULE_EVENT_FLUSHDB as u64, Some(on_flush)),
+        (raw::REDISMODULE_EVENT_SWAPDB as u64, Some(on_swapdb)),
+    ];
+    events.into_iter().all(|(id, cb)| {
+        let event = raw::RedisModuleEvent { id, dataver: 1 };
+        unsafe { subscribe(ctx.ctx, event, cb) == OK }
+    })
+}
+
+// ------------------------------------------------------------- data type I/O
+
+/// The data type's callbacks, handed to `RedisModule_CreateDataType`.
+pub const fn type_methods() -> raw::RedisModuleTypeMethods {
+    raw::RedisModuleTypeMethods {
+        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
+        rdb_load: Some(rdb_load),
+        rdb_save: Some(rdb_save),
+        aof_rewrite: Some(aof_rewrite),
+        mem_usage: Some(mem_usage),
+        digest: Some(digest),
+        free: Some(free),
+        aux_load: Some(aux_load),
+        aux_save: Some(aux_save),
+        aux_save_triggers: raw::REDISMODULE_AUX_BEFORE_RDB as i32,
+        free_effort: None,
+        unlink: None,
+        copy: None,
+        defrag: None,
+        mem_usage2: None,
+        free_effort2: None,
+        unlink2: None,
+        copy2: None,
+        aux_save2: None,
+    }
+}
+
+/// Reading side of an RDB stream (a safe facade over `RedisModuleIO`).
+pub struct RdbReader(*mut raw::RedisModuleIO);
+
+impl RdbReader {
+    /// An unsigned integer; `None` on a short read.
+    pub fn u64(&self) -> Option<u64> {
+        raw::load_unsigned(self.0).ok()
+    }
+    /// A byte string; `None` on a short read.
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        raw::load_string_buffer(self.0).ok().map(|b| b.as_ref().to_vec())
+    }
+}
+
+/// Writing side of an RDB stream.
+pub struct RdbWriter(*mut raw::RedisModuleIO);
+
+impl RdbWriter {
+    /// Writes an unsigned integer.
+    pub fn u64(&self, v: u64) {
+        raw::save_unsigned(self.0, v);
+    }
+    /// Writes a byte string.
+    pub fn bytes(&self, v: &[u8]) {
+        raw::save_slice(self.0, v);
+    }
+}
+
+extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
+    match datatype::load(&RdbReader(rdb), encver) {
+        Some(lock) => Box::into_raw(Box::new(lock)).cast::<c_void>(),
+        None => ptr::null_mut(),
+    }
+}
+
+extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
+    if let Some(lock) = unsafe { value.cast::<crate::lock::Lock>().as_ref() } {
+        datatype::save(&RdbWriter(rdb), lock);
+    }
+}
+
+extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int) -> c_int {
+    if datatype::aux_load(&RdbReader(rdb), encver, when) {
+        OK
+    } else {
+        ERR
+    }
+}
+
+extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
+    datatype::aux_save(&RdbWriter(rdb), when);
+}
+
+extern "C" fn aof_rewrite(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, value: *mut c_void) {
+    let Some(lock) = (unsafe { value.cast::<crate::lock::Lock>().as_ref() }) else {
+        return;
+    };
+    let Some(emit) = (unsafe { raw::RedisModule_EmitAOF }) else {
+        return;
+    };
+    let (holds, token, deadline) = datatype::aof_fields(lock);
+    // "sbccc": key as RedisModuleString, owner as a binary-safe buffer, and
+    // the numbers as C strings (the variadic "l" would need c_longlong
+    // promotion rules; text is unambiguous).
+    let holds = std::ffi::CString::new(holds).unwrap_or_default();
+    let token = std::ffi::CString::new(token).unwrap_or_default();
+    let deadline = std::ffi::CString::new(deadline).unwrap_or_default();
+    unsafe {
+        emit(
+            aof,
+            c"LOCK.APPLY".as_ptr(),
+            c"sbccc".as_ptr(),
+            key,
+            lock.owner.as_ptr(),
+            lock.owner.len(),
+            holds.as_ptr(),
+            token.as_ptr(),
+            deadline.as_ptr(),
+        );
+    }
+}
+
+extern "C" fn mem_usage(value: *const c_void) -> usize {
+    unsafe { value.cast::<crate::lock::Lock>().as_ref() }.map_or(0, crate::lock::Lock::mem_usage)
+}
+
+extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
+    let Some(lock) = (unsafe { value.cast::<crate::lock::Lock>().as_ref() }) else {
+        return;
+    };
+    let (Some(add_buf), Some(add_ll), Some(end)) = (unsafe {
+        (
+            raw::RedisModule_DigestAddStringBuffer,
+            raw::RedisModule_DigestAddLongLong,
+            raw::RedisModule_DigestEndSequence,
+        )
+    }) else {
+        return;
+    };
+    unsafe {
+        add_buf(md, lock.owner.as_ptr().cast_mut().cast(), lock.owner.len());
+        add_ll(md, i64::try_from(lock.holds).unwrap_or(i64::MAX));
+        add_ll(md, i64::try_from(lock.token).unwrap_or(i64::MAX));
+        add_ll(md, i64::try_from(lock.deadline_ms).unwrap_or(i64::MAX));
+        end(md);
+    }
+}
+
+extern "C" fn free(value: *mut c_void) {
+    if !value.is_null() {
+        // May run on a background thread (lazyfree): drop memory and count, nothing else.
+        drop(unsafe { Box::from_raw(value.cast::<crate::lock::Lock>()) });
+        datatype::on_freed();
+    }
+}
+
+/// The key name of a `RedisModuleString` handed to a keyspace-event callback.
+pub fn string_bytes<'a>(s: *const raw::RedisModuleString) -> &'a [u8] {
+    RedisString::string_as_slice(s)
+}
+
+// ------------------------------------------------------------------ replies
+
+/// Replies to `LOCK.INFO` with the fields in their documented order: a map
+/// under RESP3, a flat field/value array under RESP2 (Redis converts).
+pub fn reply_lock_info(ctx: &Context, lock: &crate::lock::Lock, ttl_ms: u64, waiters: usize) {
+    let (Some(map), Some(simple), Some(buf), Some(int)) = (unsafe {
+        (
+            raw::RedisModule_ReplyWithMap,
+            raw::RedisModule_ReplyWithSimpleString,
+            raw::RedisModule_ReplyWithStringBuffer,
+            raw::RedisModule_ReplyWithLongLong,
+        )
+    }) else {
+        return;
+    };
+    let num = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    unsafe {
+        map(ctx.ctx, 5);
+        simple(ctx.ctx, c"owner".as_ptr());
+        buf(ctx.ctx, lock.owner.as_ptr().cast(), lock.owner.len());
+        simple(ctx.ctx, c"holds".as_ptr());
+        int(ctx.ctx, num(lock.holds));
+        simple(ctx.ctx, c"ttl".as_ptr());
+        int(ctx.ctx, num(ttl_ms));
+        simple(ctx.ctx, c"token".as_ptr());
+        int(ctx.ctx, num(lock.token));
+        simple(ctx.ctx, c"waiters".as_ptr());
+        int(ctx.ctx, num(waiters as u64));
+    }
+}
+
+// --------------------------------------------------------------------- INFO
+
+extern "C" fn on_info(ictx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
+    crate::info::write(&redis_module::InfoContext::new(ictx));
+}
+
+/// Registers the `INFO lock` section writer.
+pub fn register_info(ctx: &Context) -> bool {
+    match unsafe { raw::RedisModule_RegisterInfoFunc } {
+        Some(f) => unsafe { f(ctx.ctx, Some(on_info)) == OK },
+        None => false,
+    }
+}
