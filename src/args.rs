@@ -60,10 +60,12 @@ pub struct Apply<'a> {
 }
 
 pub const ERR_TTL: &str = "ERR ttl-ms must be an integer from 1 to 2592000000 (30 days)";
-pub const ERR_WAIT: &str = "ERR WAIT timeout-ms must be an integer from 0 (no limit) to 2592000000 (30 days)";
+pub const ERR_WAIT: &str =
+    "ERR WAIT timeout-ms must be an integer from 0 (no limit) to 2592000000 (30 days)";
 pub const ERR_OWNER: &str = "ERR owner must be 1 to 1024 bytes long";
 pub const ERR_OPTION: &str = "ERR syntax error: the only option is WAIT timeout-ms";
-pub const ERR_APPLY: &str = "ERR LOCK.APPLY needs holds >= 1, token >= 1 and deadline-ms >= 1 as integers";
+pub const ERR_APPLY: &str =
+    "ERR LOCK.APPLY needs holds >= 1, token >= 1 and deadline-ms >= 1 as integers";
 
 /// A non-negative decimal integer, strictly digits (no sign, no spaces).
 fn parse_u64(raw: &[u8]) -> Option<u64> {
@@ -165,6 +167,12 @@ pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )]
     use super::*;
 
     fn v(s: &[&'static str]) -> Vec<&'static [u8]> {
@@ -193,15 +201,30 @@ mod tests {
             (&["k", "o", "abc"], ArgError::Invalid(ERR_TTL)),
             (&["k", "o", ""], ArgError::Invalid(ERR_TTL)),
             (&["k", "o", "2592000001"], ArgError::Invalid(ERR_TTL)),
-            (&["k", "o", "99999999999999999999999"], ArgError::Invalid(ERR_TTL)),
-            (&["k", "o", "18446744073709551616"], ArgError::Invalid(ERR_TTL)),
+            (
+                &["k", "o", "99999999999999999999999"],
+                ArgError::Invalid(ERR_TTL),
+            ),
+            (
+                &["k", "o", "18446744073709551616"],
+                ArgError::Invalid(ERR_TTL),
+            ),
             (&["k", "", "5"], ArgError::Invalid(ERR_OWNER)),
             (&["k", "o", "5", "WAIT"], ArgError::Invalid(ERR_WAIT)),
             (&["k", "o", "5", "WAIT", "-1"], ArgError::Invalid(ERR_WAIT)),
             (&["k", "o", "5", "WAIT", "x"], ArgError::Invalid(ERR_WAIT)),
-            (&["k", "o", "5", "WAIT", "2592000001"], ArgError::Invalid(ERR_WAIT)),
-            (&["k", "o", "5", "NOWAIT", "1"], ArgError::Invalid(ERR_OPTION)),
-            (&["k", "o", "5", "WAIT", "1", "WAIT", "1"], ArgError::Invalid(ERR_OPTION)),
+            (
+                &["k", "o", "5", "WAIT", "2592000001"],
+                ArgError::Invalid(ERR_WAIT),
+            ),
+            (
+                &["k", "o", "5", "NOWAIT", "1"],
+                ArgError::Invalid(ERR_OPTION),
+            ),
+            (
+                &["k", "o", "5", "WAIT", "1", "WAIT", "1"],
+                ArgError::Invalid(ERR_OPTION),
+            ),
             (&["k", "o", "5", "extra"], ArgError::Invalid(ERR_OPTION)),
         ];
         for (args, want) in cases {
@@ -214,7 +237,10 @@ mod tests {
         let long = vec![b'x'; MAX_OWNER_LEN];
         let too_long = vec![b'x'; MAX_OWNER_LEN + 1];
         assert!(acquire(&[b"k", &long, b"5"]).is_ok());
-        assert_eq!(acquire(&[b"k", &too_long, b"5"]).err(), Some(ArgError::Invalid(ERR_OWNER)));
+        assert_eq!(
+            acquire(&[b"k", &too_long, b"5"]).err(),
+            Some(ArgError::Invalid(ERR_OWNER))
+        );
         assert!(release(&[b"k", b"\0\xff"]).is_ok());
     }
 
@@ -222,7 +248,10 @@ mod tests {
     fn renew_release_key_only_arity() {
         assert!(renew(&v(&["k", "o", "5"])).is_ok());
         assert_eq!(renew(&v(&["k", "o"])).err(), Some(ArgError::Arity));
-        assert_eq!(renew(&v(&["k", "o", "5", "6"])).err(), Some(ArgError::Arity));
+        assert_eq!(
+            renew(&v(&["k", "o", "5", "6"])).err(),
+            Some(ArgError::Arity)
+        );
         assert_eq!(release(&v(&["k"])).err(), Some(ArgError::Arity));
         assert_eq!(key_only(&v(&["k", "x"])).err(), Some(ArgError::Arity));
         assert_eq!(key_only(&v(&[])).err(), Some(ArgError::Arity));
@@ -233,6 +262,9 @@ mod tests {
         assert!(apply(&v(&["k", "o", "1", "2", "3"])).is_ok());
         assert!(apply(&v(&["k", "o", "0", "2", "3"])).is_err());
         assert!(apply(&v(&["k", "o", "1", "9223372036854775808", "3"])).is_err());
-        assert_eq!(apply(&v(&["k", "o", "1", "2"])).err(), Some(ArgError::Arity));
+        assert_eq!(
+            apply(&v(&["k", "o", "1", "2"])).err(),
+            Some(ArgError::Arity)
+        );
     }
 }

@@ -130,7 +130,9 @@ pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 Ok(Released::StillHeld(holds)) => {
                     site.updated(lock, deadline);
                     bump(&STATS.releases);
-                    return Ok(RedisValue::Integer(i64::try_from(holds).unwrap_or(i64::MAX)));
+                    return Ok(RedisValue::Integer(
+                        i64::try_from(holds).unwrap_or(i64::MAX),
+                    ));
                 }
                 Ok(Released::Free) => {
                     site.remove(deadline, token, "lock.release", now)?;

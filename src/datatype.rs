@@ -20,7 +20,8 @@ use crate::stats::STATS;
 pub const ENCODING_VERSION: i32 = 1;
 
 /// The data type; its name is exactly nine characters, as Redis requires.
-pub static LOCK_TYPE: RedisType = RedisType::new("fencelock", ENCODING_VERSION, ffi::type_methods());
+pub static LOCK_TYPE: RedisType =
+    RedisType::new("fencelock", ENCODING_VERSION, ffi::type_methods());
 
 /// Reads one lock (`rdb_load`); `None` on a short read or unknown encoding.
 pub fn load(rdb: &RdbReader, encver: i32) -> Option<Lock> {
@@ -73,7 +74,11 @@ pub fn aux_save(rdb: &RdbWriter, _when: i32) {
 
 /// The numeric arguments of the `LOCK.APPLY` that rebuilds a lock from AOF.
 pub fn aof_fields(lock: &Lock) -> (String, String, String) {
-    (lock.holds.to_string(), lock.token.to_string(), lock.deadline_ms.to_string())
+    (
+        lock.holds.to_string(),
+        lock.token.to_string(),
+        lock.deadline_ms.to_string(),
+    )
 }
 
 /// A lock value was stored in the keyspace.

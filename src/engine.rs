@@ -23,7 +23,8 @@ const EXPIRY_BATCH: usize = 1000;
 /// The lock stored in `key`: `Ok(None)` when the key is empty, `WRONGTYPE`
 /// when it holds another type.
 pub fn lock_in(key: &RedisKeyWritable) -> Result<Option<&'static mut Lock>, RedisError> {
-    key.get_value::<Lock>(&LOCK_TYPE).map_err(|_| RedisError::WrongType)
+    key.get_value::<Lock>(&LOCK_TYPE)
+        .map_err(|_| RedisError::WrongType)
 }
 
 /// Where a command operates: the context, its database and key.
@@ -46,7 +47,8 @@ impl<'a> Site<'a> {
     }
 
     fn notify(&self, event: &str) {
-        self.ctx.notify_keyspace_event(NotifyEvent::MODULE, event, self.name);
+        self.ctx
+            .notify_keyspace_event(NotifyEvent::MODULE, event, self.name);
     }
 
     /// Replicates the lock's whole state with its absolute deadline.
@@ -97,7 +99,13 @@ impl<'a> Site<'a> {
 
     /// Deletes the lock (release to zero, expiry, force-release), announces
     /// `event`, then hands the now free lock to the first waiter.
-    pub fn remove(&self, lock_deadline_ms: u64, lock_token: u64, event: &str, now_ms: u64) -> Result<(), RedisError> {
+    pub fn remove(
+        &self,
+        lock_deadline_ms: u64,
+        lock_token: u64,
+        event: &str,
+        now_ms: u64,
+    ) -> Result<(), RedisError> {
         state::with(|s| s.schedule.remove(lock_deadline_ms, lock_token));
         // The key is open; deleting through it keeps it open for a new value.
         self.key.delete()?;
@@ -107,7 +115,12 @@ impl<'a> Site<'a> {
     }
 
     /// Expires a lock whose lease has passed.
-    pub fn expire(&self, lock_deadline_ms: u64, lock_token: u64, now_ms: u64) -> Result<(), RedisError> {
+    pub fn expire(
+        &self,
+        lock_deadline_ms: u64,
+        lock_token: u64,
+        now_ms: u64,
+    ) -> Result<(), RedisError> {
         bump(&STATS.expired);
         self.remove(lock_deadline_ms, lock_token, "lock.expire", now_ms)
     }
@@ -144,8 +157,10 @@ impl<'a> Site<'a> {
 
     /// Waiters of `owner` queued on this key re-enter the lock it now holds.
     pub fn admit_same_owner(&self, lock: &mut Lock, now_ms: u64) {
-        let same: Vec<Waiter> =
-            state::with(|s| s.queues.take_owner(self.db, self.name.as_slice(), &lock.owner));
+        let same: Vec<Waiter> = state::with(|s| {
+            s.queues
+                .take_owner(self.db, self.name.as_slice(), &lock.owner)
+        });
         if same.is_empty() {
             return;
         }
@@ -312,7 +327,9 @@ pub fn on_sweep_timer(ctx: &Context) {
                 for w in state::with(|s| s.queues.take_all(db, &key)) {
                     ffi::unblock_client(
                         w.id,
-                        WaitOutcome::Error("WRONGTYPE the lock key now holds another kind of value"),
+                        WaitOutcome::Error(
+                            "WRONGTYPE the lock key now holds another kind of value",
+                        ),
                     );
                 }
             }
@@ -365,7 +382,9 @@ pub fn rebuild_schedule(ctx: &Context) {
     while db < 100_000 && ffi::select_db(ctx, db) {
         let found = std::cell::RefCell::new(Vec::new());
         let cursor = redis_module::KeysCursor::new();
-        let collect = |_ctx: &Context, name: &RedisString, key: Option<&redis_module::key::RedisKey>| {
+        let collect = |_ctx: &Context,
+                       name: &RedisString,
+                       key: Option<&redis_module::key::RedisKey>| {
             if let Some(Ok(Some(lock))) = key.map(|k| k.get_value::<Lock>(&LOCK_TYPE)) {
                 found
                     .borrow_mut()

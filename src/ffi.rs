@@ -121,7 +121,11 @@ pub fn unblock_client(id: usize, outcome: WaitOutcome) {
     }
 }
 
-extern "C" fn on_wait_reply(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
+extern "C" fn on_wait_reply(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
     let context = Context::new(ctx);
     let data = match unsafe { raw::RedisModule_GetBlockedClientPrivateData } {
         Some(f) => unsafe { f(ctx) }.cast::<WaitOutcome>(),
@@ -136,7 +140,11 @@ extern "C" fn on_wait_reply(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw:
     OK
 }
 
-extern "C" fn on_wait_timeout(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
+extern "C" fn on_wait_timeout(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
     let context = Context::new(ctx);
     let id = match unsafe { raw::RedisModule_GetBlockedClientHandle } {
         Some(f) => (unsafe { f(ctx) }) as usize,
@@ -152,7 +160,10 @@ extern "C" fn on_wait_free(_ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
     }
 }
 
-extern "C" fn on_wait_disconnect(_ctx: *mut raw::RedisModuleCtx, bc: *mut raw::RedisModuleBlockedClient) {
+extern "C" fn on_wait_disconnect(
+    _ctx: *mut raw::RedisModuleCtx,
+    bc: *mut raw::RedisModuleBlockedClient,
+) {
     waiting::on_abandoned(bc as usize);
 }
 
@@ -163,26 +174,50 @@ const ROLE_NOW_MASTER: u64 = 0;
 const LOADING_ENDED: u64 = 3;
 const FLUSH_END: u64 = 1;
 
-extern "C" fn on_role_changed(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+extern "C" fn on_role_changed(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut c_void,
+) {
     engine::on_role_changed(&Context::new(ctx), sub == ROLE_NOW_MASTER);
 }
 
-extern "C" fn on_loading(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+extern "C" fn on_loading(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut c_void,
+) {
     if sub == LOADING_ENDED {
         engine::on_loading_ended(&Context::new(ctx));
     }
 }
 
-extern "C" fn on_flush(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
+extern "C" fn on_flush(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut c_void,
+) {
     if sub != FLUSH_END || data.is_null() {
         return;
     }
     let info = unsafe { &*data.cast::<raw::RedisModuleFlushInfoV1>() };
-    let db = if info.dbnum < 0 { None } else { Some(info.dbnum) };
+    let db = if info.dbnum < 0 {
+        None
+    } else {
+        Some(info.dbnum)
+    };
     engine::on_flushed(&Context::new(ctx), db);
 }
 
-extern "C" fn on_swapdb(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, _sub: u64, data: *mut c_void) {
+extern "C" fn on_swapdb(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    _sub: u64,
+    data: *mut c_void,
+) {
     if data.is_null() {
         return;
     }
@@ -196,10 +231,13 @@ pub fn subscribe_server_events(ctx: &Context) -> bool {
         return false;
     };
     let events: [(u64, raw::RedisModuleEventCallback); 4] = [
-        (raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED as u64, Some(on_role_changed)),
-        (raw::REDISMODULE_EVENT_LOADING as u64, Some(on_loading)),
-        (raw::REDISMODULE_EVENT_FLUSHDB as u64, Some(on_flush)),
-        (raw::REDISMODULE_EVENT_SWAPDB as u64, Some(on_swapdb)),
+        (
+            raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+            Some(on_role_changed),
+        ),
+        (raw::REDISMODULE_EVENT_LOADING, Some(on_loading)),
+        (raw::REDISMODULE_EVENT_FLUSHDB, Some(on_flush)),
+        (raw::REDISMODULE_EVENT_SWAPDB, Some(on_swapdb)),
     ];
     events.into_iter().all(|(id, cb)| {
         let event = raw::RedisModuleEvent { id, dataver: 1 };
@@ -244,7 +282,9 @@ impl RdbReader {
     }
     /// A byte string; `None` on a short read.
     pub fn bytes(&self) -> Option<Vec<u8>> {
-        raw::load_string_buffer(self.0).ok().map(|b| b.as_ref().to_vec())
+        raw::load_string_buffer(self.0)
+            .ok()
+            .map(|b| b.as_ref().to_vec())
     }
 }
 
@@ -287,7 +327,11 @@ extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
     datatype::aux_save(&RdbWriter(rdb), when);
 }
 
-extern "C" fn aof_rewrite(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, value: *mut c_void) {
+extern "C" fn aof_rewrite(
+    aof: *mut raw::RedisModuleIO,
+    key: *mut raw::RedisModuleString,
+    value: *mut c_void,
+) {
     let Some(lock) = (unsafe { value.cast::<crate::lock::Lock>().as_ref() }) else {
         return;
     };

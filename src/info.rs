@@ -12,7 +12,10 @@ pub fn write(ctx: &InfoContext) {
     let fields: [(&str, i64); 15] = [
         ("held", held),
         ("waiters", i64::try_from(waiters).unwrap_or(i64::MAX)),
-        ("leases_scheduled", i64::try_from(leases).unwrap_or(i64::MAX)),
+        (
+            "leases_scheduled",
+            i64::try_from(leases).unwrap_or(i64::MAX),
+        ),
         ("grants", read(&STATS.grants)),
         ("reentries", read(&STATS.reentries)),
         ("denied", read(&STATS.denied)),
@@ -28,7 +31,9 @@ pub fn write(ctx: &InfoContext) {
     ];
     let built = fields
         .iter()
-        .try_fold(ctx.builder().add_section(""), |b, (name, value)| b.field(name, *value));
+        .try_fold(ctx.builder().add_section(""), |b, (name, value)| {
+            b.field(name, *value)
+        });
     if let Ok(section) = built {
         let _ = section.build_section().and_then(|b| b.build_info());
     }

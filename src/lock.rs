@@ -73,7 +73,12 @@ impl Lock {
     /// Re-entry by the holder: one more hold, lease reset to `now + ttl`,
     /// same token. The hold count saturates rather than overflow (2^64
     /// acquisitions cannot happen within a lease anyway).
-    pub fn reenter(&mut self, owner: &[u8], now_ms: u64, ttl_ms: u64) -> Result<FencingToken, NotHolder> {
+    pub fn reenter(
+        &mut self,
+        owner: &[u8],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<FencingToken, NotHolder> {
         if !self.is_held_by(owner) {
             return Err(NotHolder::OtherOwner);
         }
@@ -135,7 +140,11 @@ impl TokenGenerator {
     pub fn next(&mut self, now_ms: u64) -> FencingToken {
         let from_clock = now_ms.checked_shl(TOKEN_CLOCK_SHIFT).unwrap_or(u64::MAX);
         // Stay within i64 so every token is a positive RESP integer.
-        let t = self.last.saturating_add(1).max(from_clock).min(i64::MAX as u64);
+        let t = self
+            .last
+            .saturating_add(1)
+            .max(from_clock)
+            .min(i64::MAX as u64);
         self.last = t;
         t
     }
@@ -153,6 +162,12 @@ impl TokenGenerator {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )]
     use super::*;
 
     #[test]

@@ -187,6 +187,12 @@ impl WaitQueues {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )]
     use super::*;
 
     fn w(id: usize, owner: &str, deadline: Option<u64>) -> Waiter {
@@ -216,7 +222,10 @@ mod tests {
         q.push(0, b"k", w(1, "a", Some(100)));
         q.push(0, b"k", w(2, "b", Some(300)));
         let h = q.hand_off(0, b"k", 100);
-        assert_eq!(h.timed_out.iter().map(|w| w.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            h.timed_out.iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![1]
+        );
         assert_eq!(h.granted.map(|w| w.id), Some(2));
         assert!(q.is_empty());
     }
@@ -229,7 +238,10 @@ mod tests {
         q.push(0, b"k", w(3, "a", None));
         let h = q.hand_off(0, b"k", 0);
         assert_eq!(h.granted.map(|w| w.id), Some(1));
-        assert_eq!(h.reentrant.iter().map(|w| w.id).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            h.reentrant.iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![3]
+        );
         assert_eq!(q.len(0, b"k"), 1);
     }
 

@@ -57,7 +57,14 @@ impl Schedule {
     }
 
     /// Moves a lease to a new deadline (a renewal or re-entry).
-    pub fn reschedule(&mut self, old_deadline_ms: u64, new_deadline_ms: u64, token: FencingToken, db: i32, key: &[u8]) {
+    pub fn reschedule(
+        &mut self,
+        old_deadline_ms: u64,
+        new_deadline_ms: u64,
+        token: FencingToken,
+        db: i32,
+        key: &[u8],
+    ) {
         if old_deadline_ms == new_deadline_ms {
             return;
         }
@@ -79,7 +86,8 @@ impl Schedule {
     pub fn pop_due(&mut self, now_ms: u64, limit: usize) -> Vec<DueLease> {
         let mut out = Vec::new();
         while out.len() < limit {
-            let due = matches!(self.by_deadline.first_key_value(), Some(((d, _), _)) if *d <= now_ms);
+            let due =
+                matches!(self.by_deadline.first_key_value(), Some(((d, _), _)) if *d <= now_ms);
             if !due {
                 break;
             }
@@ -132,6 +140,12 @@ impl Schedule {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )]
     use super::*;
 
     #[test]
@@ -181,7 +195,13 @@ mod tests {
     fn reschedule_of_an_untracked_lease_tracks_it() {
         let mut s = Schedule::default();
         s.reschedule(10, 50, 1, 2, b"a");
-        assert_eq!(s.pop_due(50, 10)[0].at, LeaseRef { db: 2, key: (*b"a").into() });
+        assert_eq!(
+            s.pop_due(50, 10)[0].at,
+            LeaseRef {
+                db: 2,
+                key: (*b"a").into()
+            }
+        );
     }
 
     #[test]
@@ -203,8 +223,20 @@ mod tests {
         s.relocate(10, 1, 0, b"renamed");
         s.swap_dbs(0, 1);
         let due = s.pop_due(20, 10);
-        assert_eq!(due[0].at, LeaseRef { db: 1, key: (*b"renamed").into() });
-        assert_eq!(due[1].at, LeaseRef { db: 0, key: (*b"b").into() });
+        assert_eq!(
+            due[0].at,
+            LeaseRef {
+                db: 1,
+                key: (*b"renamed").into()
+            }
+        );
+        assert_eq!(
+            due[1].at,
+            LeaseRef {
+                db: 0,
+                key: (*b"b").into()
+            }
+        );
     }
 
     #[test]

@@ -14,9 +14,17 @@ use crate::stats::{bump, STATS};
 
 /// Blocks the client behind earlier waiters for the key. The reply comes
 /// later: the token when granted, nil when the wait times out.
-pub fn block(ctx: &Context, site: &Site<'_>, req: &Acquire<'_>, wait_ms: Option<u64>, now_ms: u64) -> RedisResult {
+pub fn block(
+    ctx: &Context,
+    site: &Site<'_>,
+    req: &Acquire<'_>,
+    wait_ms: Option<u64>,
+    now_ms: u64,
+) -> RedisResult {
     let Some(id) = ffi::block_client(ctx, wait_ms.unwrap_or(0)) else {
-        return Err(redis_module::RedisError::Str("ERR could not block the client"));
+        return Err(redis_module::RedisError::Str(
+            "ERR could not block the client",
+        ));
     };
     let waiter = Waiter {
         id,
@@ -32,7 +40,9 @@ pub fn block(ctx: &Context, site: &Site<'_>, req: &Acquire<'_>, wait_ms: Option<
 pub fn reply(ctx: &Context, outcome: WaitOutcome) {
     match outcome {
         WaitOutcome::Granted(token) => {
-            ctx.reply(Ok(RedisValue::Integer(i64::try_from(token).unwrap_or(i64::MAX))));
+            ctx.reply(Ok(RedisValue::Integer(
+                i64::try_from(token).unwrap_or(i64::MAX),
+            )));
         }
         WaitOutcome::Nil => {
             ctx.reply(Ok(RedisValue::Null));

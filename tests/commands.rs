@@ -1,7 +1,12 @@
 //! The command interface on a real redis-server: every reply of every
 //! command, re-entry, owner checks, leases, tokens, WRONGTYPE, bad input,
 //! INFO counters and keyspace notifications.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::{Duration, Instant};
 
@@ -9,15 +14,29 @@ use redis::{Connection, Value};
 use testkit::{info_int, wait_for, Server};
 
 fn acquire(c: &mut Connection, key: &str, owner: &str, ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE").arg(key).arg(owner).arg(ttl).query(c).unwrap()
+    redis::cmd("LOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(c)
+        .unwrap()
 }
 
 fn renew(c: &mut Connection, key: &str, owner: &str, ttl: u64) -> i64 {
-    redis::cmd("LOCK.RENEW").arg(key).arg(owner).arg(ttl).query(c).unwrap()
+    redis::cmd("LOCK.RENEW")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(c)
+        .unwrap()
 }
 
 fn release(c: &mut Connection, key: &str, owner: &str) -> Option<i64> {
-    redis::cmd("LOCK.RELEASE").arg(key).arg(owner).query(c).unwrap()
+    redis::cmd("LOCK.RELEASE")
+        .arg(key)
+        .arg(owner)
+        .query(c)
+        .unwrap()
 }
 
 fn force(c: &mut Connection, key: &str) -> i64 {
@@ -83,14 +102,28 @@ fn owner_strings_are_binary_safe() {
     let s = Server::start();
     let mut c = s.conn();
     let owner: &[u8] = b"a\x00\xffb";
-    let t: Option<i64> = redis::cmd("LOCK.ACQUIRE").arg("k").arg(owner).arg(5000).query(&mut c).unwrap();
+    let t: Option<i64> = redis::cmd("LOCK.ACQUIRE")
+        .arg("k")
+        .arg(owner)
+        .arg(5000)
+        .query(&mut c)
+        .unwrap();
     assert!(t.is_some());
-    let other: Option<i64> = redis::cmd("LOCK.ACQUIRE").arg("k").arg(&b"a\x00\xfe"[..]).arg(5000).query(&mut c).unwrap();
+    let other: Option<i64> = redis::cmd("LOCK.ACQUIRE")
+        .arg("k")
+        .arg(&b"a\x00\xfe"[..])
+        .arg(5000)
+        .query(&mut c)
+        .unwrap();
     assert_eq!(other, None);
     let v: Value = redis::cmd("LOCK.INFO").arg("k").query(&mut c).unwrap();
     let Value::Array(items) = v else { panic!() };
     assert_eq!(items[1], Value::BulkString(owner.to_vec()));
-    let left: Option<i64> = redis::cmd("LOCK.RELEASE").arg("k").arg(owner).query(&mut c).unwrap();
+    let left: Option<i64> = redis::cmd("LOCK.RELEASE")
+        .arg("k")
+        .arg(owner)
+        .query(&mut c)
+        .unwrap();
     assert_eq!(left, Some(0));
 }
 
@@ -149,14 +182,25 @@ fn unrenewed_lease_is_removed_by_the_server_promptly() {
     // The key itself disappears (not only hidden from reads), without any
     // command touching it.
     let mut watcher = s.conn();
-    wait_for("the expired lock's key to be deleted", Duration::from_secs(3), || {
-        let n: i64 = redis::cmd("DBSIZE").query(&mut watcher).unwrap();
-        (n == 0).then_some(())
-    });
+    wait_for(
+        "the expired lock's key to be deleted",
+        Duration::from_secs(3),
+        || {
+            let n: i64 = redis::cmd("DBSIZE").query(&mut watcher).unwrap();
+            (n == 0).then_some(())
+        },
+    );
     assert_eq!(lock_info(&mut c, "expired"), 1);
     assert_eq!(lock_info(&mut c, "held"), 0);
-    assert_eq!(renew(&mut c, "k", "a", 300), 0, "an expired lease cannot be renewed");
-    assert!(acquire(&mut c, "k", "b", 300).is_some(), "anyone may take it now");
+    assert_eq!(
+        renew(&mut c, "k", "a", 300),
+        0,
+        "an expired lease cannot be renewed"
+    );
+    assert!(
+        acquire(&mut c, "k", "b", 300).is_some(),
+        "anyone may take it now"
+    );
 }
 
 #[test]
@@ -165,7 +209,10 @@ fn many_leases_expire_on_their_own() {
     let mut c = s.conn();
     let mut p = redis::pipe();
     for i in 0..20_000 {
-        p.cmd("LOCK.ACQUIRE").arg(format!("k{i}")).arg("o").arg(200 + (i % 500));
+        p.cmd("LOCK.ACQUIRE")
+            .arg(format!("k{i}"))
+            .arg("o")
+            .arg(200 + (i % 500));
     }
     let _: Vec<Option<i64>> = p.query(&mut c).unwrap();
     assert_eq!(lock_info(&mut c, "held"), 20_000);
@@ -186,7 +233,11 @@ fn force_release_removes_any_holder() {
     acquire(&mut c, "k", "a", 10_000).unwrap();
     assert_eq!(force(&mut c, "k"), 1);
     assert_eq!(info(&mut c, "k"), None);
-    assert_eq!(release(&mut c, "k", "a"), None, "the old holder no longer holds it");
+    assert_eq!(
+        release(&mut c, "k", "a"),
+        None,
+        "the old holder no longer holds it"
+    );
     assert_eq!(lock_info(&mut c, "forced_releases"), 1);
 }
 
@@ -196,10 +247,20 @@ fn info_is_a_map_under_resp3_and_nil_when_free() {
     let mut c = s.conn_resp3();
     let v: Value = redis::cmd("LOCK.INFO").arg("k").query(&mut c).unwrap();
     assert_eq!(v, Value::Nil);
-    let t: i64 = redis::cmd("LOCK.ACQUIRE").arg("k").arg("a").arg(5000).query(&mut c).unwrap();
+    let t: i64 = redis::cmd("LOCK.ACQUIRE")
+        .arg("k")
+        .arg("a")
+        .arg(5000)
+        .query(&mut c)
+        .unwrap();
     let v: Value = redis::cmd("LOCK.INFO").arg("k").query(&mut c).unwrap();
-    let Value::Map(fields) = v else { panic!("expected a map, got {v:?}") };
-    let names: Vec<String> = fields.iter().map(|(k, _)| redis::from_redis_value_ref(k).unwrap()).collect();
+    let Value::Map(fields) = v else {
+        panic!("expected a map, got {v:?}")
+    };
+    let names: Vec<String> = fields
+        .iter()
+        .map(|(k, _)| redis::from_redis_value_ref(k).unwrap())
+        .collect();
     assert_eq!(names, ["owner", "holds", "ttl", "token", "waiters"]);
     assert_eq!(fields[3].1, Value::Int(t));
     assert_eq!(fields[1].1, Value::Int(1));
@@ -237,7 +298,10 @@ fn token_after_restart(config: testkit::ServerConfig, durable: bool, crash: impl
     s.restart();
     let mut c = s.conn();
     let next = acquire(&mut c, "k", "new", 60_000).unwrap();
-    assert!(next > last && next > held, "token {next} after restart must exceed {last}");
+    assert!(
+        next > last && next > held,
+        "token {next} after restart must exceed {last}"
+    );
     match info(&mut c, "held") {
         Some((owner, _, _, token, _)) => assert_eq!((owner.as_str(), token), ("h", held)),
         None => assert!(!durable, "a persisted lock was lost"),
@@ -256,7 +320,9 @@ fn tokens_keep_increasing_after_restart_from_rdb() {
 #[test]
 fn tokens_keep_increasing_after_restart_from_aof() {
     token_after_restart(
-        Server::config().arg("appendonly", "yes").arg("appendfsync", "always"),
+        Server::config()
+            .arg("appendonly", "yes")
+            .arg("appendfsync", "always"),
         true,
         |s| s.shutdown(false),
     );
@@ -267,7 +333,9 @@ fn tokens_keep_increasing_after_kill9_with_everysec() {
     // The last second of writes may be lost: the clock part of the token
     // still puts every new token above the lost ones.
     token_after_restart(
-        Server::config().arg("appendonly", "yes").arg("appendfsync", "everysec"),
+        Server::config()
+            .arg("appendonly", "yes")
+            .arg("appendfsync", "everysec"),
         false,
         |s| s.kill9(),
     );
@@ -277,10 +345,17 @@ fn tokens_keep_increasing_after_kill9_with_everysec() {
 fn locks_survive_restart_with_owner_holds_token_and_deadline() {
     for config in [
         Server::config(),
-        Server::config().arg("appendonly", "yes").arg("aof-use-rdb-preamble", "no"),
-        Server::config().arg("appendonly", "yes").arg("aof-use-rdb-preamble", "yes"),
+        Server::config()
+            .arg("appendonly", "yes")
+            .arg("aof-use-rdb-preamble", "no"),
+        Server::config()
+            .arg("appendonly", "yes")
+            .arg("aof-use-rdb-preamble", "yes"),
     ] {
-        let aof = config.args.iter().any(|(k, v)| k == "appendonly" && v == "yes");
+        let aof = config
+            .args
+            .iter()
+            .any(|(k, v)| k == "appendonly" && v == "yes");
         let mut s = config.start();
         let mut c = s.conn();
         let t = acquire(&mut c, "k", "a", 60_000).unwrap();
@@ -306,11 +381,18 @@ fn locks_survive_restart_with_owner_holds_token_and_deadline() {
         let mut c = s.conn();
         let (owner, holds, ttl, token, _) = info(&mut c, "k").unwrap();
         assert_eq!((owner.as_str(), holds, token), ("a", 2, t));
-        assert!(ttl <= ttl_before - 1_500, "the deadline is absolute: downtime counts");
-        wait_for("the lock that expired while down to be removed", Duration::from_secs(3), || {
-            let n: i64 = redis::cmd("EXISTS").arg("short").query(&mut c).unwrap();
-            (n == 0).then_some(())
-        });
+        assert!(
+            ttl <= ttl_before - 1_500,
+            "the deadline is absolute: downtime counts"
+        );
+        wait_for(
+            "the lock that expired while down to be removed",
+            Duration::from_secs(3),
+            || {
+                let n: i64 = redis::cmd("EXISTS").arg("short").query(&mut c).unwrap();
+                (n == 0).then_some(())
+            },
+        );
         assert!(lock_info(&mut c, "expired") >= 1, "counted as expired");
         assert_eq!(release(&mut c, "k", "a"), Some(1));
     }
@@ -322,15 +404,29 @@ fn debug_reload_keeps_every_lock() {
     let mut c = s.conn();
     let t = acquire(&mut c, "k", "a", 60_000).unwrap();
     acquire(&mut c, "k", "a", 60_000).unwrap();
-    let digest = |c: &mut Connection| -> Value { redis::cmd("DEBUG").arg("DIGEST-VALUE").arg("k").query(c).unwrap() };
+    let digest = |c: &mut Connection| -> Value {
+        redis::cmd("DEBUG")
+            .arg("DIGEST-VALUE")
+            .arg("k")
+            .query(c)
+            .unwrap()
+    };
     let before = digest(&mut c);
     let _: () = redis::cmd("DEBUG").arg("RELOAD").query(&mut c).unwrap();
     let (owner, holds, _, token, _) = info(&mut c, "k").unwrap();
     assert_eq!((owner.as_str(), holds, token), ("a", 2, t));
-    assert_eq!(digest(&mut c), before, "same owner, holds, token and deadline");
+    assert_eq!(
+        digest(&mut c),
+        before,
+        "same owner, holds, token and deadline"
+    );
     renew(&mut c, "k", "a", 30_000);
     assert_ne!(digest(&mut c), before, "the digest covers the deadline");
-    let usage: i64 = redis::cmd("MEMORY").arg("USAGE").arg("k").query(&mut c).unwrap();
+    let usage: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg("k")
+        .query(&mut c)
+        .unwrap();
     assert!(usage > 40, "MEMORY USAGE reports a real size, got {usage}");
     // Still expires after a reload.
     acquire(&mut c, "soon", "a", 200).unwrap();
@@ -353,14 +449,25 @@ fn wrongtype_both_ways() {
         vec!["LOCK.FORCERELEASE", "str"],
         vec!["LOCK.INFO", "str"],
     ] {
-        let err = redis::cmd(cmd[0]).arg(&cmd[1..]).query::<Value>(&mut c).unwrap_err();
+        let err = redis::cmd(cmd[0])
+            .arg(&cmd[1..])
+            .query::<Value>(&mut c)
+            .unwrap_err();
         assert_eq!(err.code(), Some("WRONGTYPE"), "{cmd:?}: {err}");
     }
     let v: String = redis::cmd("GET").arg("str").query(&mut c).unwrap();
     assert_eq!(v, "v");
     acquire(&mut c, "lock", "o", 10_000).unwrap();
-    for cmd in [vec!["GET", "lock"], vec!["HGET", "lock", "f"], vec!["LPUSH", "lock", "x"], vec!["INCR", "lock"]] {
-        let err = redis::cmd(cmd[0]).arg(&cmd[1..]).query::<Value>(&mut c).unwrap_err();
+    for cmd in [
+        vec!["GET", "lock"],
+        vec!["HGET", "lock", "f"],
+        vec!["LPUSH", "lock", "x"],
+        vec!["INCR", "lock"],
+    ] {
+        let err = redis::cmd(cmd[0])
+            .arg(&cmd[1..])
+            .query::<Value>(&mut c)
+            .unwrap_err();
         assert_eq!(err.code(), Some("WRONGTYPE"), "{cmd:?}: {err}");
     }
     let ty: String = redis::cmd("TYPE").arg("lock").query(&mut c).unwrap();
@@ -411,10 +518,21 @@ fn bad_input_gets_a_coded_error_and_changes_nothing() {
     assert!(cases.len() >= 25);
     let before = info(&mut c, "k").unwrap();
     for args in &cases {
-        let err = redis::cmd(args[0]).arg(&args[1..]).query::<Value>(&mut c).unwrap_err();
-        assert_eq!(err.code(), Some("ERR"), "{args:?}: error must start with the ERR code: {err}");
+        let err = redis::cmd(args[0])
+            .arg(&args[1..])
+            .query::<Value>(&mut c)
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some("ERR"),
+            "{args:?}: error must start with the ERR code: {err}"
+        );
         let now = info(&mut c, "k").unwrap();
-        assert_eq!((&now.0, now.1, now.3), (&before.0, before.1, t), "{args:?} changed the lock");
+        assert_eq!(
+            (&now.0, now.1, now.3),
+            (&before.0, before.1, t),
+            "{args:?} changed the lock"
+        );
         assert!(now.2 <= before.2, "{args:?} extended the lease");
         let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
         assert_eq!(n, 1, "{args:?} created a key");
@@ -425,12 +543,16 @@ fn bad_input_gets_a_coded_error_and_changes_nothing() {
 fn generic_commands_on_a_lock_key() {
     let s = Server::start();
     let mut c = s.conn();
-    let exists = |c: &mut Connection, k: &str| -> bool { redis::cmd("EXISTS").arg(k).query::<i64>(c).unwrap() == 1 };
+    let exists = |c: &mut Connection, k: &str| -> bool {
+        redis::cmd("EXISTS").arg(k).query::<i64>(c).unwrap() == 1
+    };
     let gone_soon = |c: &mut Connection, k: &str, db: i64| {
         let _: () = redis::cmd("SELECT").arg(db).query(c).unwrap();
-        wait_for(&format!("{k} in db {db} to expire"), Duration::from_secs(3), || {
-            (!exists(c, k)).then_some(())
-        });
+        wait_for(
+            &format!("{k} in db {db} to expire"),
+            Duration::from_secs(3),
+            || (!exists(c, k)).then_some(()),
+        );
         let _: () = redis::cmd("SELECT").arg(0).query(c).unwrap();
     };
 
@@ -443,16 +565,27 @@ fn generic_commands_on_a_lock_key() {
 
     // RENAME: the lock moves with owner and token and still expires on time.
     let t = acquire(&mut c, "r1", "a", 400).unwrap();
-    let _: () = redis::cmd("RENAME").arg("r1").arg("r2").query(&mut c).unwrap();
+    let _: () = redis::cmd("RENAME")
+        .arg("r1")
+        .arg("r2")
+        .query(&mut c)
+        .unwrap();
     let (owner, _, _, token, _) = info(&mut c, "r2").unwrap();
     assert_eq!((owner.as_str(), token), ("a", t));
-    assert!(acquire(&mut c, "r1", "b", 60_000).is_some(), "the old name is free");
+    assert!(
+        acquire(&mut c, "r1", "b", 60_000).is_some(),
+        "the old name is free"
+    );
     gone_soon(&mut c, "r2", 0);
     assert!(exists(&mut c, "r1"), "only the renamed lock expired");
 
     // COPY is refused: a lock must not be duplicated.
     acquire(&mut c, "c1", "a", 60_000).unwrap();
-    assert!(redis::cmd("COPY").arg("c1").arg("c2").query::<Value>(&mut c).is_err());
+    assert!(redis::cmd("COPY")
+        .arg("c1")
+        .arg("c2")
+        .query::<Value>(&mut c)
+        .is_err());
     assert!(!exists(&mut c, "c2"));
 
     // MOVE: the lock expires in its new database.
@@ -464,7 +597,11 @@ fn generic_commands_on_a_lock_key() {
     // EXPIRE: a native TTL removes the key when it fires; the lease still
     // applies if it is shorter. PERSIST leaves the lease in force.
     acquire(&mut c, "e", "a", 60_000).unwrap();
-    let _: i64 = redis::cmd("PEXPIRE").arg("e").arg(200).query(&mut c).unwrap();
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg("e")
+        .arg(200)
+        .query(&mut c)
+        .unwrap();
     gone_soon(&mut c, "e", 0);
     acquire(&mut c, "p", "a", 400).unwrap();
     let _: i64 = redis::cmd("PERSIST").arg("p").query(&mut c).unwrap();
@@ -503,7 +640,9 @@ fn info_counters_count_every_outcome() {
     acquire(&mut c, "f", "a", 60_000).unwrap();
     force(&mut c, "f");
     acquire(&mut c, "x", "a", 100).unwrap();
-    wait_for("expiry", Duration::from_secs(3), || (lock_info(&mut c, "expired") == 1).then_some(()));
+    wait_for("expiry", Duration::from_secs(3), || {
+        (lock_info(&mut c, "expired") == 1).then_some(())
+    });
     let want = [
         ("held", 1),
         ("waiters", 0),
@@ -526,11 +665,18 @@ fn info_counters_count_every_outcome() {
 fn keyspace_notifications_announce_lock_events() {
     let s = Server::start();
     let mut c = s.conn();
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("Ed").query(&mut c).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("Ed")
+        .query(&mut c)
+        .unwrap();
     let mut sub = s.conn();
     let mut pubsub = sub.as_pubsub();
     pubsub.psubscribe("__keyevent@0__:lock.*").unwrap();
-    pubsub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     acquire(&mut c, "k", "a", 60_000).unwrap();
     release(&mut c, "k", "a");
     acquire(&mut c, "k", "a", 60_000).unwrap();
@@ -541,9 +687,22 @@ fn keyspace_notifications_announce_lock_events() {
         let m = pubsub.get_message().unwrap();
         let key: String = m.get_payload().unwrap();
         assert_eq!(key, "k");
-        seen.push(m.get_channel_name().trim_start_matches("__keyevent@0__:").to_string());
+        seen.push(
+            m.get_channel_name()
+                .trim_start_matches("__keyevent@0__:")
+                .to_string(),
+        );
     }
-    assert_eq!(seen, ["lock.acquire", "lock.release", "lock.acquire", "lock.forcerelease", "lock.acquire"]);
+    assert_eq!(
+        seen,
+        [
+            "lock.acquire",
+            "lock.release",
+            "lock.acquire",
+            "lock.forcerelease",
+            "lock.acquire"
+        ]
+    );
     let m = pubsub.get_message().unwrap();
     assert_eq!(m.get_channel_name(), "__keyevent@0__:lock.expire");
 }
@@ -553,18 +712,27 @@ fn operators_can_drive_it_with_redis_cli() {
     let s = Server::start();
     let token = s.cli_stdout(&["LOCK.ACQUIRE", "job:42", "worker-1", "30000"]);
     assert!(token.parse::<i64>().unwrap() > 0, "{token}");
-    assert_eq!(s.cli_stdout(&["LOCK.ACQUIRE", "job:42", "worker-2", "30000"]), "");
+    assert_eq!(
+        s.cli_stdout(&["LOCK.ACQUIRE", "job:42", "worker-2", "30000"]),
+        ""
+    );
     let info = s.cli_stdout(&["LOCK.INFO", "job:42"]);
     let lines: Vec<&str> = info.lines().collect();
     assert_eq!(lines[0..2], ["owner", "worker-1"]);
     assert_eq!(lines[6..8], ["token", token.as_str()]);
-    assert_eq!(s.cli_stdout(&["LOCK.RENEW", "job:42", "worker-1", "30000"]), "1");
+    assert_eq!(
+        s.cli_stdout(&["LOCK.RENEW", "job:42", "worker-1", "30000"]),
+        "1"
+    );
     assert_eq!(s.cli_stdout(&["LOCK.RELEASE", "job:42", "worker-2"]), "");
     assert_eq!(s.cli_stdout(&["LOCK.RELEASE", "job:42", "worker-1"]), "0");
     let err = s.cli_stdout(&["LOCK.ACQUIRE", "job:42", "w", "0"]);
     assert!(err.starts_with("ERR ttl-ms"), "{err}");
     let section = s.cli_stdout(&["INFO", "lock"]);
-    assert!(section.contains("# lock") && section.contains("lock_grants:1"), "{section}");
+    assert!(
+        section.contains("# lock") && section.contains("lock_grants:1"),
+        "{section}"
+    );
     // redis-cli's own view of the command table.
     let out = s.cli_stdin("LOCK.ACQUIRE a b 1000\nLOCK.FORCERELEASE a\nLOCK.FORCERELEASE a\n");
     let lines: Vec<&str> = out.lines().collect();

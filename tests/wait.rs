@@ -1,6 +1,11 @@
 //! `LOCK.ACQUIRE ... WAIT`: server-side FIFO queues with direct hand-off,
 //! on a real redis-server.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -11,11 +16,20 @@ use redis::{Connection, Value};
 use testkit::{info_int, wait_for, Server};
 
 fn acquire(c: &mut Connection, key: &str, owner: &str, ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE").arg(key).arg(owner).arg(ttl).query(c).unwrap()
+    redis::cmd("LOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(c)
+        .unwrap()
 }
 
 fn release(c: &mut Connection, key: &str, owner: &str) -> Option<i64> {
-    redis::cmd("LOCK.RELEASE").arg(key).arg(owner).query(c).unwrap()
+    redis::cmd("LOCK.RELEASE")
+        .arg(key)
+        .arg(owner)
+        .query(c)
+        .unwrap()
 }
 
 /// (owner, holds, token, waiters) of a key, None when free.
@@ -43,19 +57,33 @@ fn stat(c: &mut Connection, field: &str) -> i64 {
 
 /// Waits until `n` clients wait on `key`.
 fn until_waiting(c: &mut Connection, key: &str, n: i64) {
-    wait_for(&format!("{n} waiters on {key}"), Duration::from_secs(10), || {
-        (waiters(c, key) == n).then_some(())
-    });
+    wait_for(
+        &format!("{n} waiters on {key}"),
+        Duration::from_secs(10),
+        || (waiters(c, key) == n).then_some(()),
+    );
 }
 
 /// A client blocked in `LOCK.ACQUIRE key owner ttl WAIT wait` on its own
 /// thread; returns its reply and how long it waited.
-fn spawn_waiter(s: &Server, key: &str, owner: &str, ttl: u64, wait: u64) -> JoinHandle<(redis::RedisResult<Option<i64>>, Duration)> {
+fn spawn_waiter(
+    s: &Server,
+    key: &str,
+    owner: &str,
+    ttl: u64,
+    wait: u64,
+) -> JoinHandle<(redis::RedisResult<Option<i64>>, Duration)> {
     let mut c = s.conn();
     let (key, owner) = (key.to_string(), owner.to_string());
     std::thread::spawn(move || {
         let start = Instant::now();
-        let r = redis::cmd("LOCK.ACQUIRE").arg(&key).arg(&owner).arg(ttl).arg("WAIT").arg(wait).query(&mut c);
+        let r = redis::cmd("LOCK.ACQUIRE")
+            .arg(&key)
+            .arg(&owner)
+            .arg(ttl)
+            .arg("WAIT")
+            .arg(wait)
+            .query(&mut c);
         (r, start.elapsed())
     })
 }
@@ -92,7 +120,11 @@ fn fifty_clients_get_the_lock_in_arrival_order_with_mutual_exclusion() {
     let s = Server::start();
     let mut c = s.conn();
     acquire(&mut c, "k", "gate", 60_000).unwrap();
-    let _: () = redis::cmd("SET").arg("counter").arg(0).query(&mut c).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("counter")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
     let mut threads = Vec::new();
     for i in 0..50 {
         let mut conn = s.conn();
@@ -108,12 +140,25 @@ fn fifty_clients_get_the_lock_in_arrival_order_with_mutual_exclusion() {
                 .unwrap();
             let token = token.expect("no client times out");
             // The critical section: nobody else may be inside.
-            let entered: bool = redis::cmd("SET").arg("inside").arg(&owner).arg("NX").query(&mut conn).unwrap();
+            let entered: bool = redis::cmd("SET")
+                .arg("inside")
+                .arg(&owner)
+                .arg("NX")
+                .query(&mut conn)
+                .unwrap();
             assert!(entered, "{owner} entered while someone else was inside");
             let n: i64 = redis::cmd("GET").arg("counter").query(&mut conn).unwrap();
             std::thread::sleep(Duration::from_millis(2));
-            let _: () = redis::cmd("SET").arg("counter").arg(n + 1).query(&mut conn).unwrap();
-            let _: i64 = redis::cmd("RPUSH").arg("order").arg(i).query(&mut conn).unwrap();
+            let _: () = redis::cmd("SET")
+                .arg("counter")
+                .arg(n + 1)
+                .query(&mut conn)
+                .unwrap();
+            let _: i64 = redis::cmd("RPUSH")
+                .arg("order")
+                .arg(i)
+                .query(&mut conn)
+                .unwrap();
             let _: i64 = redis::cmd("DEL").arg("inside").query(&mut conn).unwrap();
             assert_eq!(release(&mut conn, "k", &owner), Some(0));
             token
@@ -124,8 +169,17 @@ fn fifty_clients_get_the_lock_in_arrival_order_with_mutual_exclusion() {
     let tokens: Vec<i64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let counter: i64 = redis::cmd("GET").arg("counter").query(&mut c).unwrap();
     assert_eq!(counter, 50, "mutual exclusion: every increment counted");
-    let order: Vec<i64> = redis::cmd("LRANGE").arg("order").arg(0).arg(-1).query(&mut c).unwrap();
-    assert_eq!(order, (0..50).collect::<Vec<_>>(), "grants in arrival order");
+    let order: Vec<i64> = redis::cmd("LRANGE")
+        .arg("order")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        order,
+        (0..50).collect::<Vec<_>>(),
+        "grants in arrival order"
+    );
     let mut sorted = tokens.clone();
     sorted.sort();
     assert_eq!(sorted, tokens, "tokens increase in grant order");
@@ -141,8 +195,14 @@ fn a_wait_that_times_out_answers_nil() {
     acquire(&mut c, "k", "holder", 60_000).unwrap();
     let (r, waited) = spawn_waiter(&s, "k", "w", 1000, 300).join().unwrap();
     assert_eq!(r.unwrap(), None);
-    assert!(waited >= Duration::from_millis(250), "answered too early: {waited:?}");
-    assert!(waited < Duration::from_secs(3), "answered too late: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "answered too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "answered too late: {waited:?}"
+    );
     assert_eq!(waiters(&mut c, "k"), 0);
     assert_eq!(stat(&mut c, "wait_timeouts"), 1);
     assert_eq!(info(&mut c, "k").unwrap().0, "holder");
@@ -164,7 +224,10 @@ fn wait_zero_waits_until_the_hand_off() {
     let v: Value = redis::cmd("LOCK.INFO").arg("k").query(&mut c).unwrap();
     let Value::Array(f) = v else { panic!() };
     let ttl: i64 = redis::from_redis_value_ref(&f[5]).unwrap();
-    assert!(ttl > 40_000, "the new holder's lease is its own ttl from the hand-off, got {ttl}");
+    assert!(
+        ttl > 40_000,
+        "the new holder's lease is its own ttl from the hand-off, got {ttl}"
+    );
     assert_eq!(info(&mut c, "k").unwrap().0, "w");
 }
 
@@ -178,8 +241,14 @@ fn an_expiring_holder_hands_the_lock_to_the_head_waiter_at_its_deadline() {
     let (r, _) = w.join().unwrap();
     let granted_after = start.elapsed();
     assert!(r.unwrap().is_some());
-    assert!(granted_after >= Duration::from_millis(550), "granted before the deadline: {granted_after:?}");
-    assert!(granted_after < Duration::from_millis(2600), "granted long after the deadline: {granted_after:?}");
+    assert!(
+        granted_after >= Duration::from_millis(550),
+        "granted before the deadline: {granted_after:?}"
+    );
+    assert!(
+        granted_after < Duration::from_millis(2600),
+        "granted long after the deadline: {granted_after:?}"
+    );
     assert_eq!(stat(&mut c, "expired"), 1);
     assert_eq!(stat(&mut c, "handoffs"), 1);
 }
@@ -201,21 +270,42 @@ fn waiters_that_leave_are_skipped() {
     let mut killed = s.conn();
     let killed_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut killed).unwrap();
     let k = std::thread::spawn(move || {
-        redis::cmd("LOCK.ACQUIRE").arg("k").arg("killed").arg(10_000).arg("WAIT").arg(0).query::<Option<i64>>(&mut killed)
+        redis::cmd("LOCK.ACQUIRE")
+            .arg("k")
+            .arg("killed")
+            .arg(10_000)
+            .arg("WAIT")
+            .arg(0)
+            .query::<Option<i64>>(&mut killed)
     });
     until_waiting(&mut c, "k", 1);
 
     // 3: CLIENT UNBLOCK (answered nil), 4: CLIENT UNBLOCK ERROR.
     let mut unblocked = s.conn();
-    let unblocked_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut unblocked).unwrap();
+    let unblocked_id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query(&mut unblocked)
+        .unwrap();
     let u = std::thread::spawn(move || {
-        redis::cmd("LOCK.ACQUIRE").arg("k").arg("unblocked").arg(10_000).arg("WAIT").arg(0).query::<Option<i64>>(&mut unblocked)
+        redis::cmd("LOCK.ACQUIRE")
+            .arg("k")
+            .arg("unblocked")
+            .arg(10_000)
+            .arg("WAIT")
+            .arg(0)
+            .query::<Option<i64>>(&mut unblocked)
     });
     until_waiting(&mut c, "k", 2);
     let mut errored = s.conn();
     let errored_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut errored).unwrap();
     let e = std::thread::spawn(move || {
-        redis::cmd("LOCK.ACQUIRE").arg("k").arg("errored").arg(10_000).arg("WAIT").arg(0).query::<Option<i64>>(&mut errored)
+        redis::cmd("LOCK.ACQUIRE")
+            .arg("k")
+            .arg("errored")
+            .arg(10_000)
+            .arg("WAIT")
+            .arg(0)
+            .query::<Option<i64>>(&mut errored)
     });
     until_waiting(&mut c, "k", 3);
 
@@ -223,13 +313,31 @@ fn waiters_that_leave_are_skipped() {
     let stays = spawn_waiter(&s, "k", "stays", 10_000, 0);
     until_waiting(&mut c, "k", 4);
 
-    let n: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(killed_id).query(&mut c).unwrap();
+    let n: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(killed_id)
+        .query(&mut c)
+        .unwrap();
     assert_eq!(n, 1);
     assert!(k.join().unwrap().is_err(), "a killed client gets no reply");
-    let n: i64 = redis::cmd("CLIENT").arg("UNBLOCK").arg(unblocked_id).query(&mut c).unwrap();
+    let n: i64 = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(unblocked_id)
+        .query(&mut c)
+        .unwrap();
     assert_eq!(n, 1);
-    assert_eq!(u.join().unwrap().unwrap(), None, "CLIENT UNBLOCK answers nil");
-    let n: i64 = redis::cmd("CLIENT").arg("UNBLOCK").arg(errored_id).arg("ERROR").query(&mut c).unwrap();
+    assert_eq!(
+        u.join().unwrap().unwrap(),
+        None,
+        "CLIENT UNBLOCK answers nil"
+    );
+    let n: i64 = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(errored_id)
+        .arg("ERROR")
+        .query(&mut c)
+        .unwrap();
     assert_eq!(n, 1);
     let err = e.join().unwrap().unwrap_err();
     assert_eq!(err.code(), Some("UNBLOCKED"), "{err}");
@@ -313,7 +421,10 @@ fn force_release_hands_off_to_the_head_waiter() {
     acquire(&mut c, "k", "stuck", 60_000).unwrap();
     let w = spawn_waiter(&s, "k", "next", 10_000, 0);
     until_waiting(&mut c, "k", 1);
-    let n: i64 = redis::cmd("LOCK.FORCERELEASE").arg("k").query(&mut c).unwrap();
+    let n: i64 = redis::cmd("LOCK.FORCERELEASE")
+        .arg("k")
+        .query(&mut c)
+        .unwrap();
     assert_eq!(n, 1);
     assert!(w.join().unwrap().0.unwrap().is_some());
     assert_eq!(info(&mut c, "k").unwrap().0, "next");
@@ -329,7 +440,11 @@ fn generic_commands_with_waiters_present() {
         let w = spawn_waiter(&s, "k", "w", 10_000, 0);
         until_waiting(&mut c, "k", 1);
         if how == "RENAME" {
-            let _: () = redis::cmd("RENAME").arg("k").arg("elsewhere").query(&mut c).unwrap();
+            let _: () = redis::cmd("RENAME")
+                .arg("k")
+                .arg("elsewhere")
+                .query(&mut c)
+                .unwrap();
         } else {
             let _: i64 = redis::cmd(how).arg("k").query(&mut c).unwrap();
         }
@@ -337,7 +452,11 @@ fn generic_commands_with_waiters_present() {
         assert_eq!(info(&mut c, "k").unwrap().0, "w", "{how}");
         let _: i64 = redis::cmd("DEL").arg("k").query(&mut c).unwrap();
     }
-    assert_eq!(info(&mut c, "elsewhere").unwrap().0, "holder", "the renamed lock kept its holder");
+    assert_eq!(
+        info(&mut c, "elsewhere").unwrap().0,
+        "holder",
+        "the renamed lock kept its holder"
+    );
 
     // FLUSHALL and SWAPDB: the waiter's name is free afterwards.
     for how in ["FLUSHALL", "SWAPDB"] {
@@ -358,7 +477,11 @@ fn generic_commands_with_waiters_present() {
     acquire(&mut c, "k", "holder", 60_000).unwrap();
     let w = spawn_waiter(&s, "k", "w", 10_000, 0);
     until_waiting(&mut c, "k", 1);
-    let _: () = redis::cmd("SET").arg("k").arg("text").query(&mut c).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("text")
+        .query(&mut c)
+        .unwrap();
     let err = w.join().unwrap().0.unwrap_err();
     assert_eq!(err.code(), Some("WRONGTYPE"), "{err}");
     assert_eq!(stat(&mut c, "waiters"), 0);
@@ -366,7 +489,10 @@ fn generic_commands_with_waiters_present() {
 
 #[test]
 fn a_hand_off_is_replayed_from_the_aof() {
-    let mut s = Server::config().arg("appendonly", "yes").arg("appendfsync", "always").start();
+    let mut s = Server::config()
+        .arg("appendonly", "yes")
+        .arg("appendfsync", "always")
+        .start();
     let mut c = s.conn();
     acquire(&mut c, "k", "first", 60_000).unwrap();
     let w = spawn_waiter(&s, "k", "second", 60_000, 0);
@@ -389,14 +515,24 @@ fn thousands_of_waiters_on_one_key_are_served_in_order() {
     acquire(&mut c, "k", "gate", 60_000).unwrap();
     let mut raws: Vec<Raw> = (0..N).map(|_| Raw::new(&s)).collect();
     for (i, r) in raws.iter_mut().enumerate() {
-        r.send(&["LOCK.ACQUIRE", "k", &format!("w{i}"), "30000", "WAIT", "60000"]);
+        r.send(&[
+            "LOCK.ACQUIRE",
+            "k",
+            &format!("w{i}"),
+            "30000",
+            "WAIT",
+            "60000",
+        ]);
     }
     until_waiting(&mut c, "k", N as i64);
     release(&mut c, "k", "gate");
     let mut last = 0;
     for (i, r) in raws.iter_mut().enumerate() {
         let reply = r.line();
-        let token: i64 = reply.strip_prefix(':').and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("waiter {i}: {reply}"));
+        let token: i64 = reply
+            .strip_prefix(':')
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("waiter {i}: {reply}"));
         assert!(token > last);
         last = token;
         assert_eq!(info(&mut c, "k").unwrap().0, format!("w{i}"), "FIFO");
@@ -414,12 +550,22 @@ fn waiters_spread_over_thousands_of_keys_get_their_locks_when_leases_expire() {
     let mut c = s.conn();
     let mut p = redis::pipe();
     for i in 0..N {
-        p.cmd("LOCK.ACQUIRE").arg(format!("k{i}")).arg("crashed").arg(500 + (i % 300) as u64);
+        p.cmd("LOCK.ACQUIRE")
+            .arg(format!("k{i}"))
+            .arg("crashed")
+            .arg(500 + (i % 300) as u64);
     }
     let _: Vec<Option<i64>> = p.query(&mut c).unwrap();
     let mut raws: Vec<Raw> = (0..N).map(|_| Raw::new(&s)).collect();
     for (i, r) in raws.iter_mut().enumerate() {
-        r.send(&["LOCK.ACQUIRE", &format!("k{i}"), "next", "30000", "WAIT", "20000"]);
+        r.send(&[
+            "LOCK.ACQUIRE",
+            &format!("k{i}"),
+            "next",
+            "30000",
+            "WAIT",
+            "20000",
+        ]);
     }
     for (i, r) in raws.iter_mut().enumerate() {
         let reply = r.line();
@@ -439,7 +585,11 @@ fn info_reports_waiters() {
     let a = spawn_waiter(&s, "k", "a", 1000, 0);
     let b = spawn_waiter(&s, "k2", "b", 1000, 200);
     until_waiting(&mut c, "k", 1);
-    assert_eq!(stat(&mut c, "waiters"), 1, "a wait on a free key does not block");
+    assert_eq!(
+        stat(&mut c, "waiters"),
+        1,
+        "a wait on a free key does not block"
+    );
     assert!(b.join().unwrap().0.unwrap().is_some());
     release(&mut c, "k", "holder");
     a.join().unwrap().0.unwrap();

@@ -17,20 +17,25 @@ use std::time::{Duration, Instant};
 /// release build, or the debug build of this workspace (the Makefile builds
 /// the release one before the tests run).
 pub fn module_path() -> PathBuf {
+    find_module_path().unwrap_or_else(|| {
+        panic!(
+            "libfencelock.so not found under {}/target; run `cargo build --release -p fencelock` (make test does)",
+            workspace_root().display()
+        )
+    })
+}
+
+/// [`module_path`] without the panic: `None` when no build is found (for
+/// callers that report the problem their own way, like the benchmark).
+pub fn find_module_path() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("FENCELOCK_MODULE") {
-        return PathBuf::from(p);
+        return Some(PathBuf::from(p));
     }
     let root = workspace_root();
-    for profile in ["release", "debug"] {
-        let p = root.join("target").join(profile).join("libfencelock.so");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "libfencelock.so not found under {}/target; run `cargo build --release -p fencelock` (make test does)",
-        root.display()
-    );
+    ["release", "debug"]
+        .into_iter()
+        .map(|profile| root.join("target").join(profile).join("libfencelock.so"))
+        .find(|p| p.exists())
 }
 
 /// The workspace's top folder (where the module's Cargo.toml is).
@@ -203,7 +208,10 @@ impl Server {
                     );
                 }
             }
-            if let Ok(mut c) = self.client().get_connection_with_timeout(Duration::from_millis(500)) {
+            if let Ok(mut c) = self
+                .client()
+                .get_connection_with_timeout(Duration::from_millis(500))
+            {
                 // Answers PING once the dataset is loaded (LOADING before that).
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
                     return;
@@ -251,7 +259,8 @@ impl Server {
             .client()
             .get_connection_with_timeout(Duration::from_secs(5))
             .expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         c
     }
 
@@ -268,7 +277,8 @@ impl Server {
     /// socket itself (e.g. disconnect a blocked client).
     pub fn raw_stream(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         s
     }
 
