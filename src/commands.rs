@@ -20,9 +20,16 @@ fn bad(e: ArgError) -> RedisError {
     }
 }
 
-/// The arguments after the command name, as byte slices.
-fn raw_args(args: &[RedisString]) -> Vec<&[u8]> {
-    args.iter().skip(1).map(RedisString::as_slice).collect()
+/// The arguments after the command name, as byte slices, without
+/// allocating. No command takes more than five; anything past eight is
+/// dropped, which leaves the request invalid, as it was.
+fn raw_args<'a, 'b>(args: &'a [RedisString], buf: &'b mut [&'a [u8]; 8]) -> &'b [&'a [u8]] {
+    let rest = args.get(1..).unwrap_or_default();
+    let n = rest.len().min(buf.len());
+    for (slot, arg) in buf.iter_mut().zip(rest) {
+        *slot = arg.as_slice();
+    }
+    buf.get(..n).unwrap_or_default()
 }
 
 fn token_reply(token: u64) -> RedisValue {
@@ -31,8 +38,9 @@ fn token_reply(token: u64) -> RedisValue {
 
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms]`
 pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let raw = raw_args(&args);
-    let req = args::acquire(&raw).map_err(bad)?;
+    let mut buf = [&[][..]; 8];
+    let raw = raw_args(&args, &mut buf);
+    let req = args::acquire(raw).map_err(bad)?;
     let Some(name) = args.get(1) else {
         return Err(RedisError::WrongArity);
     };
@@ -49,10 +57,10 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
     match current {
         None => {
-            let token = state::with(|s| s.tokens.next(now));
+            let (token, others_wait) = state::with(|s| (s.tokens.next(now), !s.queues.is_empty()));
             site.store_grant(Lock::grant(req.owner, token, now, req.ttl_ms))?;
             bump(&STATS.grants);
-            if !state::with(|s| s.queues.is_empty()) {
+            if others_wait {
                 if let Some(lock) = lock_in(&site.key)? {
                     site.admit_same_owner(lock, now);
                 }
@@ -86,8 +94,9 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// `LOCK.RENEW key owner ttl-ms`
 pub fn renew(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let raw = raw_args(&args);
-    let req = args::renew(&raw).map_err(bad)?;
+    let mut buf = [&[][..]; 8];
+    let raw = raw_args(&args, &mut buf);
+    let req = args::renew(raw).map_err(bad)?;
     let Some(name) = args.get(1) else {
         return Err(RedisError::WrongArity);
     };
@@ -113,8 +122,9 @@ pub fn renew(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// `LOCK.RELEASE key owner`
 pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let raw = raw_args(&args);
-    let req = args::release(&raw).map_err(bad)?;
+    let mut buf = [&[][..]; 8];
+    let raw = raw_args(&args, &mut buf);
+    let req = args::release(raw).map_err(bad)?;
     let Some(name) = args.get(1) else {
         return Err(RedisError::WrongArity);
     };
@@ -135,7 +145,7 @@ pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     ));
                 }
                 Ok(Released::Free) => {
-                    site.remove(deadline, token, "lock.release", now)?;
+                    site.remove(deadline, token, c"lock.release", now)?;
                     bump(&STATS.releases);
                     return Ok(RedisValue::Integer(0));
                 }
@@ -150,8 +160,9 @@ pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// `LOCK.FORCERELEASE key`
 pub fn force_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let raw = raw_args(&args);
-    args::key_only(&raw).map_err(bad)?;
+    let mut buf = [&[][..]; 8];
+    let raw = raw_args(&args, &mut buf);
+    args::key_only(raw).map_err(bad)?;
     let Some(name) = args.get(1) else {
         return Err(RedisError::WrongArity);
     };
@@ -163,7 +174,7 @@ pub fn force_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             Ok(RedisValue::Integer(0))
         }
         Some(lock) => {
-            site.remove(lock.deadline_ms, lock.token, "lock.forcerelease", now)?;
+            site.remove(lock.deadline_ms, lock.token, c"lock.forcerelease", now)?;
             bump(&STATS.forced_releases);
             Ok(RedisValue::Integer(1))
         }
@@ -174,8 +185,9 @@ pub fn force_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// `LOCK.INFO key`: read-only; a lock whose lease has passed is never shown
 /// (also on a replica, which waits for the master to delete it).
 pub fn info(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let raw = raw_args(&args);
-    args::key_only(&raw).map_err(bad)?;
+    let mut buf = [&[][..]; 8];
+    let raw = raw_args(&args, &mut buf);
+    args::key_only(raw).map_err(bad)?;
     let Some(name) = args.get(1) else {
         return Err(RedisError::WrongArity);
     };
@@ -207,8 +219,9 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             "ERR LOCK.APPLY is internal: accepted only from the replication stream or the AOF",
         ));
     }
-    let raw = raw_args(&args);
-    let req = args::apply(&raw).map_err(bad)?;
+    let mut buf = [&[][..]; 8];
+    let raw = raw_args(&args, &mut buf);
+    let req = args::apply(raw).map_err(bad)?;
     let Some(name) = args.get(1) else {
         return Err(RedisError::WrongArity);
     };
@@ -218,7 +231,7 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         key.delete()?;
     }
     let lock = Lock {
-        owner: req.owner.to_vec(),
+        owner: req.owner.into(),
         holds: req.holds,
         token: req.token,
         deadline_ms: req.deadline_ms,

@@ -38,7 +38,7 @@ pub fn load(rdb: &RdbReader, encver: i32) -> Option<Lock> {
     state::with(|s| s.tokens.observe(token));
     on_stored();
     Some(Lock {
-        owner,
+        owner: owner.into(),
         holds,
         token,
         deadline_ms,

@@ -6,6 +6,8 @@
 //! hand-off to waiters, and what generic commands (DEL, RENAME, FLUSHDB,
 //! SWAPDB, ...) and role changes do to locks and their waiters.
 
+use std::ffi::CStr;
+
 use redis_module::key::RedisKeyWritable;
 use redis_module::{Context, ContextFlags, NotifyEvent, RedisError, RedisString};
 
@@ -46,24 +48,13 @@ impl<'a> Site<'a> {
         }
     }
 
-    fn notify(&self, event: &str) {
-        self.ctx
-            .notify_keyspace_event(NotifyEvent::MODULE, event, self.name);
+    fn notify(&self, event: &CStr) {
+        ffi::notify(self.ctx, event, self.name);
     }
 
     /// Replicates the lock's whole state with its absolute deadline.
     fn replicate_state(&self, lock: &Lock) {
-        let holds = lock.holds.to_string();
-        let token = lock.token.to_string();
-        let deadline = lock.deadline_ms.to_string();
-        let args: [&[u8]; 5] = [
-            self.name.as_slice(),
-            &lock.owner,
-            holds.as_bytes(),
-            token.as_bytes(),
-            deadline.as_bytes(),
-        ];
-        self.ctx.replicate("LOCK.APPLY", &args);
+        ffi::replicate_apply(self.ctx, self.name, lock);
     }
 
     /// Stores a fresh grant: value, schedule, replication, notification.
@@ -75,7 +66,7 @@ impl<'a> Site<'a> {
             .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
         datatype::on_stored();
         schedule(self.ctx, deadline_ms, token, self.db, self.name.as_slice());
-        self.notify("lock.acquire");
+        self.notify(c"lock.acquire");
         Ok(())
     }
 
@@ -83,16 +74,17 @@ impl<'a> Site<'a> {
     /// move its lease in the schedule if needed and replicate its state.
     pub fn updated(&self, lock: &Lock, old_deadline_ms: u64) {
         if old_deadline_ms != lock.deadline_ms {
-            state::with(|s| {
+            let plan = state::with(|s| {
                 s.schedule.reschedule(
                     old_deadline_ms,
                     lock.deadline_ms,
                     lock.token,
                     self.db,
                     self.name.as_slice(),
-                )
+                );
+                plan_expiry_timer(s)
             });
-            arm_expiry_timer(self.ctx);
+            rearm_expiry_timer(self.ctx, plan);
         }
         self.replicate_state(lock);
     }
@@ -103,13 +95,16 @@ impl<'a> Site<'a> {
         &self,
         lock_deadline_ms: u64,
         lock_token: u64,
-        event: &str,
+        event: &CStr,
         now_ms: u64,
     ) -> Result<(), RedisError> {
         state::with(|s| s.schedule.remove(lock_deadline_ms, lock_token));
         // The key is open; deleting through it keeps it open for a new value.
-        self.key.delete()?;
-        self.ctx.replicate("DEL", &[self.name.as_slice()]);
+        state::with(|s| s.deleting = true);
+        let deleted = self.key.delete();
+        state::with(|s| s.deleting = false);
+        deleted?;
+        ffi::replicate_del(self.ctx, self.name);
         self.notify(event);
         self.hand_off(now_ms)
     }
@@ -122,7 +117,7 @@ impl<'a> Site<'a> {
         now_ms: u64,
     ) -> Result<(), RedisError> {
         bump(&STATS.expired);
-        self.remove(lock_deadline_ms, lock_token, "lock.expire", now_ms)
+        self.remove(lock_deadline_ms, lock_token, c"lock.expire", now_ms)
     }
 
     /// The lock on this (now empty) key goes to the first waiter still within
@@ -184,28 +179,37 @@ pub fn is_master(ctx: &Context) -> bool {
 
 /// Tracks a lease and makes sure the expiry timer fires by its deadline.
 pub fn schedule(ctx: &Context, deadline_ms: u64, token: u64, db: i32, key: &[u8]) {
-    state::with(|s| s.schedule.insert(deadline_ms, token, db, key));
-    arm_expiry_timer(ctx);
+    let plan = state::with(|s| {
+        s.schedule.insert(deadline_ms, token, db, key);
+        plan_expiry_timer(s)
+    });
+    rearm_expiry_timer(ctx, plan);
 }
 
 /// (Re-)arms the expiry timer for the earliest tracked deadline, unless it
 /// is already armed for that deadline or earlier.
 pub fn arm_expiry_timer(ctx: &Context) {
-    let now = now_ms();
-    let plan = state::with(|s| {
-        let next = s.schedule.next_deadline()?;
-        match s.expiry_timer {
-            Some((_, armed_for)) if armed_for <= next => None,
-            current => Some((current.map(|(id, _)| id), next)),
-        }
-    });
+    let plan = state::with(plan_expiry_timer);
+    rearm_expiry_timer(ctx, plan);
+}
+
+/// Whether the expiry timer must be re-armed: `(timer to stop, deadline)`.
+fn plan_expiry_timer(s: &mut state::State) -> Option<(Option<u64>, u64)> {
+    let next = s.schedule.next_deadline()?;
+    match s.expiry_timer {
+        Some((_, armed_for)) if armed_for <= next => None,
+        current => Some((current.map(|(id, _)| id), next)),
+    }
+}
+
+fn rearm_expiry_timer(ctx: &Context, plan: Option<(Option<u64>, u64)>) {
     let Some((old, next)) = plan else {
         return;
     };
     if let Some(id) = old {
         ffi::stop_timer(ctx, id);
     }
-    let id = ffi::start_timer(ctx, next.saturating_sub(now), TimerKind::Expiry);
+    let id = ffi::start_timer(ctx, next.saturating_sub(now_ms()), TimerKind::Expiry);
     state::with(|s| s.expiry_timer = id.map(|id| (id, next)));
 }
 
@@ -247,34 +251,32 @@ pub fn on_expiry_timer(ctx: &Context) {
 
 // ------------------------------------------------------------ generic commands
 
-/// A keyspace event from any command. Reacts to what generic commands do to
-/// a lock key:
-/// - the key moved (`rename_to`, `move_to`) or arrived (`restore`): its
-///   lease is tracked under the new name, so it still expires on time;
-/// - anything else happened to a key with waiters (DEL, UNLINK, the source
-///   of RENAME/MOVE, EXPIRE that fired, eviction, an overwrite by SET, ...):
-///   the key is looked at by the sweep timer right after this command, and
-///   if the lock is gone the first waiter gets the free name.
+/// A generic keyspace event. A lock that moved (`rename_to`, `move_to`) or
+/// arrived (`restore`, e.g. by `MIGRATE`) is tracked under its new name, so
+/// it still expires on time. (What leaves a name is seen by
+/// `on_lock_unlinked`.)
 pub fn on_keyspace_event(ctx: &Context, _class: NotifyEvent, event: &str, key: &[u8]) {
-    match event {
-        "rename_to" | "move_to" | "restore" => {
-            if is_master(ctx) {
-                track_key(ctx, key);
-            }
+    if matches!(event, "rename_to" | "move_to" | "restore") && is_master(ctx) {
+        track_key(ctx, key);
+    }
+}
+
+/// A lock value left the keyspace other than by the module's own hand (DEL,
+/// UNLINK, overwrite by SET or RESTORE REPLACE, a native TTL that fired,
+/// eviction, the source of RENAME or MOVE). If clients wait for that name,
+/// the sweep timer looks at it right after the command: the first waiter
+/// takes the free name, or all are told if it now holds another type.
+pub fn on_lock_unlinked(db: i32, key: &[u8]) {
+    let arm = state::with(|s| {
+        if s.deleting || s.queues.waiting(db, key) == 0 {
+            return false;
         }
-        _ => {
-            let db = ffi::selected_db(ctx);
-            let orphaned = state::with(|s| {
-                if s.queues.waiting(db, key) == 0 {
-                    return false;
-                }
-                s.orphaned.insert((db, key.into()));
-                true
-            });
-            if orphaned {
-                arm_sweep_timer(ctx);
-            }
-        }
+        s.orphaned.insert((db, key.into()));
+        s.sweep_timer.is_none()
+    });
+    if arm {
+        let id = ffi::start_detached_timer(0, TimerKind::Sweep);
+        state::with(|s| s.sweep_timer = id);
     }
 }
 

@@ -266,7 +266,7 @@ pub const fn type_methods() -> raw::RedisModuleTypeMethods {
         defrag: None,
         mem_usage2: None,
         free_effort2: None,
-        unlink2: None,
+        unlink2: Some(on_unlink),
         copy2: None,
         aux_save2: None,
     }
@@ -394,6 +394,50 @@ extern "C" fn free(value: *mut c_void) {
     }
 }
 
+/// A lock value leaves the keyspace (DEL, UNLINK, overwrite, expiry of a
+/// native TTL, eviction, the source side of RENAME and MOVE, and the
+/// module's own deletions). Main thread, inside the deleting command.
+extern "C" fn on_unlink(ctx: *mut raw::RedisModuleKeyOptCtx, _value: *const c_void) {
+    let (Some(name_of), Some(db_of)) = (unsafe {
+        (
+            raw::RedisModule_GetKeyNameFromOptCtx,
+            raw::RedisModule_GetDbIdFromOptCtx,
+        )
+    }) else {
+        return;
+    };
+    let name = unsafe { name_of(ctx) };
+    if name.is_null() {
+        return;
+    }
+    let db = unsafe { db_of(ctx) };
+    engine::on_lock_unlinked(db, string_bytes(name));
+}
+
+/// A context for creating timers outside of any callback's context (e.g.
+/// from `on_unlink`), made once at load.
+static DETACHED: std::sync::atomic::AtomicPtr<raw::RedisModuleCtx> =
+    std::sync::atomic::AtomicPtr::new(ptr::null_mut());
+
+/// Creates the detached context; call once from the module's init.
+pub fn init_detached_context(ctx: &Context) -> bool {
+    let Some(f) = (unsafe { raw::RedisModule_GetDetachedThreadSafeContext }) else {
+        return false;
+    };
+    let detached = unsafe { f(ctx.ctx) };
+    DETACHED.store(detached, std::sync::atomic::Ordering::Release);
+    !detached.is_null()
+}
+
+/// Arms a timer from a place that has no context of its own.
+pub fn start_detached_timer(delay_ms: u64, kind: TimerKind) -> Option<u64> {
+    let ctx = DETACHED.load(std::sync::atomic::Ordering::Acquire);
+    if ctx.is_null() {
+        return None;
+    }
+    start_timer(&Context::new(ctx), delay_ms, kind)
+}
+
 /// The key name of a `RedisModuleString` handed to a keyspace-event callback.
 pub fn string_bytes<'a>(s: *const raw::RedisModuleString) -> &'a [u8] {
     RedisString::string_as_slice(s)
@@ -441,5 +485,43 @@ pub fn register_info(ctx: &Context) -> bool {
     match unsafe { raw::RedisModule_RegisterInfoFunc } {
         Some(f) => unsafe { f(ctx.ctx, Some(on_info)) == OK },
         None => false,
+    }
+}
+
+// ------------------------------------------------- replication, notification
+
+/// Replicates `LOCK.APPLY key owner holds token deadline-ms` (the whole state
+/// of a lock with its absolute deadline) without building strings first.
+pub fn replicate_apply(ctx: &Context, key: &RedisString, lock: &crate::lock::Lock) {
+    let Some(replicate) = (unsafe { raw::RedisModule_Replicate }) else {
+        return;
+    };
+    let num = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    unsafe {
+        replicate(
+            ctx.ctx,
+            c"LOCK.APPLY".as_ptr(),
+            c"sblll".as_ptr(),
+            key.inner,
+            lock.owner.as_ptr(),
+            lock.owner.len(),
+            num(lock.holds),
+            num(lock.token),
+            num(lock.deadline_ms),
+        );
+    }
+}
+
+/// Replicates `DEL key`.
+pub fn replicate_del(ctx: &Context, key: &RedisString) {
+    if let Some(replicate) = unsafe { raw::RedisModule_Replicate } {
+        unsafe { replicate(ctx.ctx, c"DEL".as_ptr(), c"s".as_ptr(), key.inner) };
+    }
+}
+
+/// Announces a module keyspace event (class `d`).
+pub fn notify(ctx: &Context, event: &std::ffi::CStr, key: &RedisString) {
+    if let Some(f) = unsafe { raw::RedisModule_NotifyKeyspaceEvent } {
+        unsafe { f(ctx.ctx, raw::REDISMODULE_NOTIFY_MODULE as c_int, event.as_ptr(), key.inner) };
     }
 }

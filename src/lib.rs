@@ -39,6 +39,10 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         ctx.log_warning("fencelock: could not subscribe to server events");
         return Status::Err;
     }
+    if !ffi::init_detached_context(ctx) {
+        ctx.log_warning("fencelock: could not create a detached context");
+        return Status::Err;
+    }
     if !ffi::register_info(ctx) {
         ctx.log_warning("fencelock: could not register the INFO section");
         return Status::Err;
@@ -76,6 +80,8 @@ redis_module! {
         ["lock.apply", commands::apply, "write", 1, 1, 1, ""],
     ],
     event_handlers: [
-        [@GENERIC @STRING @LIST @SET @HASH @ZSET @STREAM @EXPIRED @EVICTED: engine::on_keyspace_event],
+        // Generic events only (rename_to, move_to, restore): subscribing to
+        // string, list, ... events would tax every write in the server.
+        [@GENERIC: engine::on_keyspace_event],
     ],
 }

@@ -11,6 +11,13 @@ pub const MAX_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Longest owner string, in bytes.
 pub const MAX_OWNER_LEN: usize = 1024;
 
+/// Owner strings up to this many bytes are stored inside the lock itself
+/// (one allocation per lock); longer ones spill to the heap.
+pub const INLINE_OWNER_LEN: usize = 48;
+
+/// The holder's owner string.
+pub type Owner = smallvec::SmallVec<[u8; INLINE_OWNER_LEN]>;
+
 /// A fencing token: positive, and for one key strictly greater than every
 /// token granted before it on this server.
 pub type FencingToken = u64;
@@ -19,7 +26,7 @@ pub type FencingToken = u64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lock {
     /// The holder's opaque owner string.
-    pub owner: Vec<u8>,
+    pub owner: Owner,
     /// How many times the holder has acquired it without releasing (≥ 1).
     pub holds: u64,
     /// The token issued at the fresh grant; re-entries return it again.
@@ -48,7 +55,7 @@ impl Lock {
     /// A fresh grant: one hold, lease `now + ttl`.
     pub fn grant(owner: &[u8], token: FencingToken, now_ms: u64, ttl_ms: u64) -> Lock {
         Lock {
-            owner: owner.to_vec(),
+            owner: Owner::from_slice(owner),
             holds: 1,
             token,
             deadline_ms: now_ms.saturating_add(ttl_ms),
@@ -67,7 +74,7 @@ impl Lock {
 
     /// Whether `owner` is the holder.
     pub fn is_held_by(&self, owner: &[u8]) -> bool {
-        self.owner == owner
+        self.owner.as_slice() == owner
     }
 
     /// Re-entry by the holder: one more hold, lease reset to `now + ttl`,
@@ -111,7 +118,8 @@ impl Lock {
 
     /// Bytes this lock occupies in memory (for `MEMORY USAGE`).
     pub fn mem_usage(&self) -> usize {
-        std::mem::size_of::<Lock>() + self.owner.capacity()
+        let spilled = if self.owner.spilled() { self.owner.capacity() } else { 0 };
+        std::mem::size_of::<Lock>() + spilled
     }
 }
 
@@ -208,6 +216,15 @@ mod tests {
         assert!(l.is_held_by(b"a\0b"));
         assert!(!l.is_held_by(b"a"));
         assert!(!l.is_held_by(b"A\0b"));
+    }
+
+    #[test]
+    fn long_owners_are_kept_whole() {
+        let long = vec![7u8; 1024];
+        let l = Lock::grant(&long, 1, 0, 10);
+        assert!(l.is_held_by(&long));
+        assert!(l.mem_usage() >= 1024);
+        assert!(Lock::grant(b"short", 1, 0, 10).mem_usage() < 128);
     }
 
     #[test]

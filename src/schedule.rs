@@ -13,13 +13,20 @@ use std::collections::BTreeMap;
 
 use crate::lock::FencingToken;
 
+/// Key names up to this many bytes are kept inside the schedule's entry
+/// (no allocation of their own); longer ones spill to the heap.
+pub const INLINE_KEY_LEN: usize = 24;
+
+/// A key name as the schedule keeps it.
+pub type KeyName = smallvec::SmallVec<[u8; INLINE_KEY_LEN]>;
+
 /// Where a lease lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRef {
     /// The database number.
     pub db: i32,
     /// The key name.
-    pub key: Box<[u8]>,
+    pub key: KeyName,
 }
 
 /// A lease due for expiry.
@@ -46,7 +53,7 @@ impl Schedule {
             (deadline_ms, token),
             LeaseRef {
                 db,
-                key: key.into(),
+                key: KeyName::from_slice(key),
             },
         );
     }
@@ -199,7 +206,7 @@ mod tests {
             s.pop_due(50, 10)[0].at,
             LeaseRef {
                 db: 2,
-                key: (*b"a").into()
+                key: KeyName::from_slice(b"a")
             }
         );
     }
@@ -227,14 +234,14 @@ mod tests {
             due[0].at,
             LeaseRef {
                 db: 1,
-                key: (*b"renamed").into()
+                key: KeyName::from_slice(b"renamed")
             }
         );
         assert_eq!(
             due[1].at,
             LeaseRef {
                 db: 0,
-                key: (*b"b").into()
+                key: KeyName::from_slice(b"b")
             }
         );
     }

@@ -27,6 +27,9 @@ pub struct State {
     pub orphaned: HashSet<QueueKey>,
     /// The sweep timer, when armed.
     pub sweep_timer: Option<u64>,
+    /// Set while the module deletes a lock itself (it hands the lock off
+    /// itself; the unlink callback must not treat it as orphaned).
+    pub deleting: bool,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
