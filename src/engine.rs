@@ -18,6 +18,10 @@ use crate::queue::Waiter;
 use crate::state::{self, now_ms};
 use crate::stats::{bump, STATS};
 
+/// The answer to cluster waiters whose lock was removed or moved by a
+/// generic command (DEL, MIGRATE, FLUSHALL, ...).
+const ERR_RETRY_ELSEWHERE: &str = "TRYAGAIN the lock was removed or moved to another node; retry";
+
 /// How many leases one run of the expiry timer removes at most before it
 /// yields to the event loop (it re-arms itself at once when more are due).
 const EXPIRY_BATCH: usize = 1000;
@@ -310,8 +314,19 @@ pub fn on_sweep_timer(ctx: &Context) {
     if !is_master(ctx) {
         return;
     }
+    // In a cluster the name may have left this node (MIGRATE deletes it
+    // here like DEL does), so granting it here could create a lock in a
+    // slot this node no longer serves. Waiters are told to retry instead;
+    // cluster clients re-route the retry (MOVED/ASK) to the key's node.
+    let cluster = ctx.get_flags().contains(ContextFlags::CLUSTER);
     let now = now_ms();
     for (db, key) in keys {
+        if cluster {
+            for w in state::with(|s| s.queues.take_all(db, &key)) {
+                ffi::unblock_client(w.id, WaitOutcome::Error(ERR_RETRY_ELSEWHERE));
+            }
+            continue;
+        }
         if !ffi::select_db(ctx, db) {
             continue;
         }
