@@ -397,21 +397,9 @@ pub fn rebuild_schedule(ctx: &Context) {
     // Redis has at most a few thousand databases; stop at the first that
     // does not exist.
     while db < 100_000 && ffi::select_db(ctx, db) {
-        let found = std::cell::RefCell::new(Vec::new());
-        let cursor = redis_module::KeysCursor::new();
-        let collect = |_ctx: &Context,
-                       name: &RedisString,
-                       key: Option<&redis_module::key::RedisKey>| {
-            if let Some(Ok(Some(lock))) = key.map(|k| k.get_value::<Lock>(&LOCK_TYPE)) {
-                found
-                    .borrow_mut()
-                    .push((lock.deadline_ms, lock.token, name.as_slice().to_vec()));
-            }
-        };
-        while cursor.scan(ctx, &collect) {}
-        let found = found.into_inner();
+        let found = ffi::scan_locks(ctx);
         state::with(|s| {
-            for (deadline, token, key) in &found {
+            for (key, deadline, token) in &found {
                 s.tokens.observe(*token);
                 s.schedule.insert(*deadline, *token, db, key);
             }

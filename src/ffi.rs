@@ -525,3 +525,53 @@ pub fn notify(ctx: &Context, event: &std::ffi::CStr, key: &RedisString) {
         unsafe { f(ctx.ctx, raw::REDISMODULE_NOTIFY_MODULE as c_int, event.as_ptr(), key.inner) };
     }
 }
+
+// --------------------------------------------------------------------- scan
+
+extern "C" fn on_scanned_key(
+    _ctx: *mut raw::RedisModuleCtx,
+    name: *mut raw::RedisModuleString,
+    key: *mut raw::RedisModuleKey,
+    data: *mut c_void,
+) {
+    if key.is_null() || name.is_null() || data.is_null() {
+        return;
+    }
+    let (Some(type_of), Some(value_of)) = (unsafe {
+        (
+            raw::RedisModule_ModuleTypeGetType,
+            raw::RedisModule_ModuleTypeGetValue,
+        )
+    }) else {
+        return;
+    };
+    if unsafe { type_of(key) } != *crate::datatype::LOCK_TYPE.raw_type.borrow() {
+        return;
+    }
+    let Some(lock) = (unsafe { value_of(key).cast::<crate::lock::Lock>().as_ref() }) else {
+        return;
+    };
+    let found = unsafe { &mut *data.cast::<Vec<(Vec<u8>, u64, u64)>>() };
+    found.push((string_bytes(name).to_vec(), lock.deadline_ms, lock.token));
+}
+
+/// Every lock in the context's selected database, as (key, deadline, token).
+pub fn scan_locks(ctx: &Context) -> Vec<(Vec<u8>, u64, u64)> {
+    let mut found: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+    let (Some(create), Some(scan), Some(destroy)) = (unsafe {
+        (
+            raw::RedisModule_ScanCursorCreate,
+            raw::RedisModule_Scan,
+            raw::RedisModule_ScanCursorDestroy,
+        )
+    }) else {
+        return found;
+    };
+    unsafe {
+        let cursor = create();
+        let data = (&mut found as *mut Vec<(Vec<u8>, u64, u64)>).cast::<c_void>();
+        while scan(ctx.ctx, cursor, Some(on_scanned_key), data) != 0 {}
+        destroy(cursor);
+    }
+    found
+}
