@@ -102,9 +102,11 @@ impl<'a> Site<'a> {
         event: &CStr,
         now_ms: u64,
     ) -> Result<(), RedisError> {
-        state::with(|s| s.schedule.remove(lock_deadline_ms, lock_token));
+        state::with(|s| {
+            s.schedule.remove(lock_deadline_ms, lock_token);
+            s.deleting = true;
+        });
         // The key is open; deleting through it keeps it open for a new value.
-        state::with(|s| s.deleting = true);
         let deleted = self.key.delete();
         state::with(|s| s.deleting = false);
         deleted?;
