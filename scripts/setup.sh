@@ -27,3 +27,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO service redis-server stop >/dev/null 2>&1 || true
   $SUDO service redis-sentinel stop >/dev/null 2>&1 || true
 fi
+python3 -c 'import redis' 2>/dev/null || python3 -m pip install --quiet redis || python3 -m pip install --quiet --break-system-packages redis  # redis-py, for client/tests/other_languages.rs
