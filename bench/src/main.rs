@@ -76,7 +76,7 @@ fn run(opts: Options) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let results = runtime.block_on(measure(&opts, &target, pinned))?;
+    let results = runtime.block_on(measure(&opts, &target, cpus, pinned))?;
     drop(target);
 
     results.write(&opts.out)?;
@@ -97,7 +97,7 @@ fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-async fn measure(opts: &Options, target: &Target, pinned: bool) -> Result<Results> {
+async fn measure(opts: &Options, target: &Target, cores: usize, pinned: bool) -> Result<Results> {
     let started = Instant::now();
     let port = target.port();
     eprintln!(
@@ -117,9 +117,7 @@ async fn measure(opts: &Options, target: &Target, pinned: bool) -> Result<Result
         date_utc: report::utc_date(unix_now()),
         unix_time: unix_now(),
         mode: Some(opts.mode),
-        cores: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cores,
         cpu_model: cpu_model(),
         redis_version: admin.redis_version().await?,
         load_avg_start: load_avg(),
