@@ -213,7 +213,10 @@ fn many_leases_expire_on_their_own() {
     for chunk in 0..(N / 10_000) {
         let mut p = redis::pipe();
         for i in chunk * 10_000..(chunk + 1) * 10_000 {
-            p.cmd("LOCK.ACQUIRE").arg(format!("k{i}")).arg("o").arg(1500 + (i % 1000));
+            p.cmd("LOCK.ACQUIRE")
+                .arg(format!("k{i}"))
+                .arg("o")
+                .arg(1500 + (i % 1000));
         }
         let _: Vec<Option<i64>> = p.query(&mut c).unwrap();
     }

@@ -171,6 +171,10 @@ impl Server {
             "no".into(),
             "--protected-mode".into(),
             "no".into(),
+            // Full resyncs start at once instead of after Redis's default
+            // 5 s wait for more replicas.
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
         ];
         if self.config.module {
             a.push("--loadmodule".into());
