@@ -4,7 +4,14 @@
 //!
 //! Everything here panics on failure: it is test code, and a clear panic is
 //! the clearest test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+pub mod multi;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
