@@ -64,7 +64,7 @@ fn locks_across_all_slots_and_a_shard_failover() {
         let held = info_int(&mut c, "lock", "lock_held");
         assert!(held > 50, "node {port} holds {held} of the 300 locks");
     }
-    for i in 0..300 {
+    for (i, token) in tokens.iter_mut().enumerate() {
         let key = format!("lock:{i}");
         let left: Option<i64> = redis::cmd("LOCK.RELEASE")
             .arg(&key)
@@ -73,8 +73,8 @@ fn locks_across_all_slots_and_a_shard_failover() {
             .unwrap();
         assert_eq!(left, Some(0));
         let again = acquire(&mut cc, &key, "second", 60_000).unwrap();
-        assert!(again > tokens[i], "{key}: {again} after {}", tokens[i]);
-        tokens[i] = again;
+        assert!(again > *token, "{key}: {again} after {token}");
+        *token = again;
     }
 
     // CLUSTER FAILOVER of the shard that serves "{f}kept".
