@@ -89,15 +89,34 @@ fn locks_across_all_slots_and_a_shard_failover() {
     assert_eq!(acked, 1);
     let replica = replicas[0];
     let mut r = cluster.node(replica).conn();
-    let _: () = redis::cmd("CLUSTER").arg("FAILOVER").query(&mut r).unwrap();
-    wait_for("the replica to take over", Duration::from_secs(30), || {
-        let role: String = redis::cmd("ROLE")
-            .query::<Vec<Value>>(&mut r)
-            .ok()?
-            .first()
-            .map(|v| redis::from_redis_value_ref(v).unwrap())?;
-        (role == "master").then_some(())
-    });
+    // A manual failover can time out (e.g. when a master declines to vote
+    // this time); ask again until the replica has taken over.
+    let is_master = |r: &mut Connection| -> bool {
+        let role: Vec<Value> = redis::cmd("ROLE").query(r).unwrap_or_default();
+        role.first()
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            .as_deref()
+            == Some("master")
+    };
+    let mut took_over = false;
+    for _attempt in 0..5 {
+        let _: () = redis::cmd("CLUSTER").arg("FAILOVER").query(&mut r).unwrap();
+        for _ in 0..100 {
+            if is_master(&mut r) {
+                took_over = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if took_over {
+            break;
+        }
+    }
+    assert!(
+        took_over,
+        "the replica did not take over; its log:\n{}",
+        cluster.node(replica).log()
+    );
     cluster.wait_healthy();
     let mut cc = cluster.client().get_connection().unwrap();
     assert_eq!(
