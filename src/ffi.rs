@@ -522,7 +522,14 @@ pub fn replicate_del(ctx: &Context, key: &RedisString) {
 /// Announces a module keyspace event (class `d`).
 pub fn notify(ctx: &Context, event: &std::ffi::CStr, key: &RedisString) {
     if let Some(f) = unsafe { raw::RedisModule_NotifyKeyspaceEvent } {
-        unsafe { f(ctx.ctx, raw::REDISMODULE_NOTIFY_MODULE as c_int, event.as_ptr(), key.inner) };
+        unsafe {
+            f(
+                ctx.ctx,
+                raw::REDISMODULE_NOTIFY_MODULE as c_int,
+                event.as_ptr(),
+                key.inner,
+            )
+        };
     }
 }
 

@@ -118,7 +118,11 @@ impl Lock {
 
     /// Bytes this lock occupies in memory (for `MEMORY USAGE`).
     pub fn mem_usage(&self) -> usize {
-        let spilled = if self.owner.spilled() { self.owner.capacity() } else { 0 };
+        let spilled = if self.owner.spilled() {
+            self.owner.capacity()
+        } else {
+            0
+        };
         std::mem::size_of::<Lock>() + spilled
     }
 }
