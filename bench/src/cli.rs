@@ -11,7 +11,7 @@ pub const USAGE: &str = "\
 usage: fencelock-bench [--full | --quick] [options]
 
   --full           the sizes the issue asks for (default); writes bench/results/
-                   and refreshes the Performance block of bench/README.md
+                   and refreshes the Performance blocks of bench/README.md and README.md
   --quick          small sizes, well under a minute; writes target/bench-quick/
   --only LIST      scenarios to run, comma-separated (default: all):
                    throughput,cpu,handoff,expiry,scale,watchdog

@@ -89,9 +89,14 @@ fn run(opts: Options) -> Result<()> {
         opts.out.display()
     );
     if opts.is_reference_run() {
-        let readme = testkit::workspace_root().join("bench").join("README.md");
-        if readme.exists() && report::refresh_readme(&readme, &results)? {
-            eprintln!("refreshed the Performance block of {}", readme.display());
+        let root = testkit::workspace_root();
+        for (readme, chart) in [
+            (root.join("bench").join("README.md"), "results/chart.svg"),
+            (root.join("README.md"), "bench/results/chart.svg"),
+        ] {
+            if readme.exists() && report::refresh_readme(&readme, &results, chart)? {
+                eprintln!("refreshed the Performance block of {}", readme.display());
+            }
         }
     }
     Ok(())

@@ -112,9 +112,10 @@ pub const README_BEGIN: &str =
 /// See [`README_BEGIN`].
 pub const README_END: &str = "<!-- fencelock-bench:end -->";
 
-/// Replaces the generated block of `readme` with this run's tables; false
-/// when the file has no markers (then it is left alone).
-pub fn refresh_readme(readme: &Path, results: &Results) -> Result<bool> {
+/// Replaces the generated block of `readme` with this run's tables (the
+/// chart linked as `chart`, relative to the README); false when the file has
+/// no markers (then it is left alone).
+pub fn refresh_readme(readme: &Path, results: &Results, chart: &str) -> Result<bool> {
     let text = std::fs::read_to_string(readme)?;
     let (Some(b), Some(e)) = (text.find(README_BEGIN), text.find(README_END)) else {
         return Ok(false);
@@ -124,7 +125,7 @@ pub fn refresh_readme(readme: &Path, results: &Results) -> Result<bool> {
     }
     let head = text.get(..b + README_BEGIN.len()).unwrap_or_default();
     let tail = text.get(e..).unwrap_or_default();
-    let body = markdown::render(results, "results/chart.svg");
+    let body = markdown::render(results, chart);
     std::fs::write(readme, format!("{head}\n{body}{tail}"))?;
     Ok(true)
 }
