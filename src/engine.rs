@@ -9,7 +9,9 @@
 use std::ffi::CStr;
 
 use redis_module::key::RedisKeyWritable;
-use redis_module::{Context, ContextFlags, NotifyEvent, RedisError, RedisString};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redis_module::{Context, ContextFlags, RedisError, RedisString};
 
 use crate::datatype::{self, LOCK_TYPE};
 use crate::ffi::{self, TimerKind, WaitOutcome};
@@ -25,6 +27,9 @@ const ERR_RETRY_ELSEWHERE: &str = "TRYAGAIN the lock was removed or moved to ano
 /// How many leases one run of the expiry timer removes at most before it
 /// yields to the event loop (it re-arms itself at once when more are due).
 const EXPIRY_BATCH: usize = 1000;
+
+/// Databases are looked for up to this number (Redis stops at `databases`).
+const MAX_DBS: i32 = 100_000;
 
 /// The lock stored in `key`: `Ok(None)` when the key is empty, `WRONGTYPE`
 /// when it holds another type.
@@ -257,28 +262,70 @@ pub fn on_expiry_timer(ctx: &Context) {
 
 // ------------------------------------------------------------ generic commands
 
-/// A generic keyspace event. A lock that moved (`rename_to`, `move_to`) or
-/// arrived (`restore`, e.g. by `MIGRATE`) is tracked under its new name, so
-/// it still expires on time. (What leaves a name is seen by
-/// `on_lock_unlinked`.)
-pub fn on_keyspace_event(ctx: &Context, _class: NotifyEvent, event: &str, key: &[u8]) {
-    if matches!(event, "rename_to" | "move_to" | "restore") && is_master(ctx) {
-        track_key(ctx, key);
+/// True while Redis loads an RDB or AOF (or a full resync).
+static LOADING: AtomicBool = AtomicBool::new(false);
+
+/// True while this server is a master (kept from role-change events, for
+/// callbacks that have no context to ask).
+static MASTER: AtomicBool = AtomicBool::new(true);
+
+/// True while `State::relocated` may be non-empty (spares the data type's
+/// `free` callback a lock in the common case).
+static RELOCATING: AtomicBool = AtomicBool::new(false);
+
+/// Records the role the server starts in.
+pub fn init_role(ctx: &Context) {
+    MASTER.store(is_master(ctx), Ordering::Relaxed);
+}
+
+/// Whether Redis is loading data now.
+pub fn is_loading() -> bool {
+    LOADING.load(Ordering::Relaxed)
+}
+
+/// Loading (RDB, AOF or a full resync) started.
+pub fn on_loading_started() {
+    LOADING.store(true, Ordering::Relaxed);
+}
+
+/// A lock arrived by `RESTORE` (e.g. `MIGRATE` into this node): track its
+/// lease under its key, so it expires on time here.
+pub fn on_lock_restored(db: i32, key: &[u8], deadline_ms: u64, token: u64) {
+    let plan = state::with(|s| {
+        s.tokens.observe(token);
+        s.schedule.insert(deadline_ms, token, db, key);
+        plan_expiry_timer(s)
+    });
+    if let Some(ctx) = ffi::detached_context() {
+        rearm_expiry_timer(&ctx, plan);
     }
 }
 
-/// A lock value left the keyspace other than by the module's own hand (DEL,
+/// A lock value left its key other than by the module's own hand (DEL,
 /// UNLINK, overwrite by SET or RESTORE REPLACE, a native TTL that fired,
-/// eviction, the source of RENAME or MOVE). If clients wait for that name,
-/// the sweep timer looks at it right after the command: the first waiter
-/// takes the free name, or all are told if it now holds another type.
-pub fn on_lock_unlinked(db: i32, key: &[u8]) {
+/// eviction, the source of RENAME or MOVE, MIGRATE).
+/// - If clients wait for that name, the sweep timer looks at it right after
+///   the command: the first waiter takes the free name, or all are told if
+///   it now holds another type.
+/// - The value may live on under another name (RENAME, MOVE): unless it is
+///   freed first, the sweep timer finds it and tracks its lease there, so a
+///   moved lock still expires on time.
+pub fn on_lock_unlinked(db: i32, key: &[u8], value: usize, token: u64) {
     let arm = state::with(|s| {
-        if s.deleting || s.queues.waiting(db, key) == 0 {
+        if s.deleting {
             return false;
         }
-        s.orphaned.insert((db, key.into()));
-        s.sweep_timer.is_none()
+        let mut arm = false;
+        if s.queues.waiting(db, key) > 0 {
+            s.orphaned.insert((db, key.into()));
+            arm = true;
+        }
+        if MASTER.load(Ordering::Relaxed) && !is_loading() {
+            s.relocated.insert(value, token);
+            RELOCATING.store(true, Ordering::Relaxed);
+            arm = true;
+        }
+        arm && s.sweep_timer.is_none()
     });
     if arm {
         let id = ffi::start_detached_timer(0, TimerKind::Sweep);
@@ -286,15 +333,44 @@ pub fn on_lock_unlinked(db: i32, key: &[u8]) {
     }
 }
 
-/// Starts tracking the lease of the lock stored at `key` (selected db).
-fn track_key(ctx: &Context, key: &[u8]) {
-    let name = ctx.create_string(key);
-    let handle = ctx.open_key(&name);
-    if let Ok(Some(lock)) = handle.get_value::<Lock>(&LOCK_TYPE) {
-        let (deadline, token) = (lock.deadline_ms, lock.token);
-        state::with(|s| s.tokens.observe(token));
-        schedule(ctx, deadline, token, ffi::selected_db(ctx), key);
+/// A lock value is being freed (maybe on a background thread): it did not
+/// move anywhere.
+pub fn on_lock_freed(value: usize) {
+    if RELOCATING.load(Ordering::Relaxed) {
+        state::with(|s| s.relocated.remove(&value));
     }
+}
+
+/// Finds the lock values that left their key but were not freed, and tracks
+/// their leases where they are now: first under the same name in other
+/// databases (MOVE), then by a scan of every database (RENAME).
+fn track_relocated(ctx: &Context) {
+    let wanted = state::with(|s| {
+        RELOCATING.store(false, Ordering::Relaxed);
+        std::mem::take(&mut s.relocated)
+    });
+    if wanted.is_empty() {
+        return;
+    }
+    let original_db = ffi::selected_db(ctx);
+    let mut db = 0;
+    while db < MAX_DBS && ffi::select_db(ctx, db) {
+        let found: Vec<ffi::ScannedLock> = ffi::scan_locks(ctx)
+            .into_iter()
+            .filter(|l| wanted.get(&l.value) == Some(&l.token))
+            .collect();
+        if !found.is_empty() {
+            let plan = state::with(|s| {
+                for l in &found {
+                    s.schedule.insert(l.deadline_ms, l.token, db, &l.key);
+                }
+                plan_expiry_timer(s)
+            });
+            rearm_expiry_timer(ctx, plan);
+        }
+        db += 1;
+    }
+    ffi::select_db(ctx, original_db);
 }
 
 fn arm_sweep_timer(ctx: &Context) {
@@ -316,6 +392,7 @@ pub fn on_sweep_timer(ctx: &Context) {
     if !is_master(ctx) {
         return;
     }
+    track_relocated(ctx);
     // In a cluster the name may have left this node (MIGRATE deletes it
     // here like DEL does), so granting it here could create a lock in a
     // slot this node no longer serves. Waiters are told to retry instead;
@@ -398,12 +475,12 @@ pub fn rebuild_schedule(ctx: &Context) {
     let mut db = 0;
     // Redis has at most a few thousand databases; stop at the first that
     // does not exist.
-    while db < 100_000 && ffi::select_db(ctx, db) {
+    while db < MAX_DBS && ffi::select_db(ctx, db) {
         let found = ffi::scan_locks(ctx);
         state::with(|s| {
-            for (key, deadline, token) in &found {
-                s.tokens.observe(*token);
-                s.schedule.insert(*deadline, *token, db, key);
+            for l in &found {
+                s.tokens.observe(l.token);
+                s.schedule.insert(l.deadline_ms, l.token, db, &l.key);
             }
         });
         db += 1;
@@ -414,6 +491,7 @@ pub fn rebuild_schedule(ctx: &Context) {
 
 /// Loading (RDB, AOF or a full resync) ended.
 pub fn on_loading_ended(ctx: &Context) {
+    LOADING.store(false, Ordering::Relaxed);
     if is_master(ctx) {
         rebuild_schedule(ctx);
     }
@@ -421,6 +499,7 @@ pub fn on_loading_ended(ctx: &Context) {
 
 /// This server became a master (promotion) or a replica (demotion).
 pub fn on_role_changed(ctx: &Context, now_master: bool) {
+    MASTER.store(now_master, Ordering::Relaxed);
     if now_master {
         // Tokens must exceed every token the old master granted, even those
         // that never reached us: the clock part of the generator covers

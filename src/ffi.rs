@@ -172,6 +172,7 @@ extern "C" fn on_wait_disconnect(
 /// `REDISMODULE_SUBEVENT_*` values used below (stable across Redis 6/7).
 const ROLE_NOW_MASTER: u64 = 0;
 const LOADING_ENDED: u64 = 3;
+const LOADING_FAILED: u64 = 4;
 const FLUSH_END: u64 = 1;
 
 extern "C" fn on_role_changed(
@@ -189,8 +190,10 @@ extern "C" fn on_loading(
     sub: u64,
     _data: *mut c_void,
 ) {
-    if sub == LOADING_ENDED {
+    if sub == LOADING_ENDED || sub == LOADING_FAILED {
         engine::on_loading_ended(&Context::new(ctx));
+    } else {
+        engine::on_loading_started();
     }
 }
 
@@ -303,10 +306,27 @@ impl RdbWriter {
 }
 
 extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
-    match datatype::load(&RdbReader(rdb), encver) {
-        Some(lock) => Box::into_raw(Box::new(lock)).cast::<c_void>(),
-        None => ptr::null_mut(),
+    let Some(lock) = datatype::load(&RdbReader(rdb), encver) else {
+        return ptr::null_mut();
+    };
+    // Outside of loading this is RESTORE (e.g. MIGRATE into this node):
+    // track the arriving lease under its key.
+    if !engine::is_loading() {
+        let (Some(name_of), Some(db_of)) = (unsafe {
+            (
+                raw::RedisModule_GetKeyNameFromIO,
+                raw::RedisModule_GetDbIdFromIO,
+            )
+        }) else {
+            return Box::into_raw(Box::new(lock)).cast::<c_void>();
+        };
+        let name = unsafe { name_of(rdb) };
+        if !name.is_null() {
+            let db = unsafe { db_of(rdb) };
+            engine::on_lock_restored(db, string_bytes(name), lock.deadline_ms, lock.token);
+        }
     }
+    Box::into_raw(Box::new(lock)).cast::<c_void>()
 }
 
 extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
@@ -389,6 +409,7 @@ extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
 extern "C" fn free(value: *mut c_void) {
     if !value.is_null() {
         // May run on a background thread (lazyfree): drop memory and count, nothing else.
+        engine::on_lock_freed(value as usize);
         drop(unsafe { Box::from_raw(value.cast::<crate::lock::Lock>()) });
         datatype::on_freed();
     }
@@ -397,7 +418,7 @@ extern "C" fn free(value: *mut c_void) {
 /// A lock value leaves the keyspace (DEL, UNLINK, overwrite, expiry of a
 /// native TTL, eviction, the source side of RENAME and MOVE, and the
 /// module's own deletions). Main thread, inside the deleting command.
-extern "C" fn on_unlink(ctx: *mut raw::RedisModuleKeyOptCtx, _value: *const c_void) {
+extern "C" fn on_unlink(ctx: *mut raw::RedisModuleKeyOptCtx, value: *const c_void) {
     let (Some(name_of), Some(db_of)) = (unsafe {
         (
             raw::RedisModule_GetKeyNameFromOptCtx,
@@ -407,11 +428,14 @@ extern "C" fn on_unlink(ctx: *mut raw::RedisModuleKeyOptCtx, _value: *const c_vo
         return;
     };
     let name = unsafe { name_of(ctx) };
+    let Some(lock) = (unsafe { value.cast::<crate::lock::Lock>().as_ref() }) else {
+        return;
+    };
     if name.is_null() {
         return;
     }
     let db = unsafe { db_of(ctx) };
-    engine::on_lock_unlinked(db, string_bytes(name));
+    engine::on_lock_unlinked(db, string_bytes(name), value as usize, lock.token);
 }
 
 /// A context for creating timers outside of any callback's context (e.g.
@@ -427,6 +451,12 @@ pub fn init_detached_context(ctx: &Context) -> bool {
     let detached = unsafe { f(ctx.ctx) };
     DETACHED.store(detached, std::sync::atomic::Ordering::Release);
     !detached.is_null()
+}
+
+/// The detached context, for callbacks that have no context of their own.
+pub fn detached_context() -> Option<Context> {
+    let ctx = DETACHED.load(std::sync::atomic::Ordering::Acquire);
+    (!ctx.is_null()).then(|| Context::new(ctx))
 }
 
 /// Arms a timer from a place that has no context of its own.
@@ -558,13 +588,30 @@ extern "C" fn on_scanned_key(
     let Some(lock) = (unsafe { value_of(key).cast::<crate::lock::Lock>().as_ref() }) else {
         return;
     };
-    let found = unsafe { &mut *data.cast::<Vec<(Vec<u8>, u64, u64)>>() };
-    found.push((string_bytes(name).to_vec(), lock.deadline_ms, lock.token));
+    let found = unsafe { &mut *data.cast::<Vec<ScannedLock>>() };
+    found.push(ScannedLock {
+        key: string_bytes(name).to_vec(),
+        deadline_ms: lock.deadline_ms,
+        token: lock.token,
+        value: (lock as *const crate::lock::Lock) as usize,
+    });
 }
 
-/// Every lock in the context's selected database, as (key, deadline, token).
-pub fn scan_locks(ctx: &Context) -> Vec<(Vec<u8>, u64, u64)> {
-    let mut found: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+/// A lock found by `scan_locks`.
+pub struct ScannedLock {
+    /// Its key.
+    pub key: Vec<u8>,
+    /// Its lease deadline.
+    pub deadline_ms: u64,
+    /// Its token.
+    pub token: u64,
+    /// The address of its value (identifies a value that moved keys).
+    pub value: usize,
+}
+
+/// Every lock in the context's selected database.
+pub fn scan_locks(ctx: &Context) -> Vec<ScannedLock> {
+    let mut found: Vec<ScannedLock> = Vec::new();
     let (Some(create), Some(scan), Some(destroy)) = (unsafe {
         (
             raw::RedisModule_ScanCursorCreate,
@@ -576,7 +623,7 @@ pub fn scan_locks(ctx: &Context) -> Vec<(Vec<u8>, u64, u64)> {
     };
     unsafe {
         let cursor = create();
-        let data = (&mut found as *mut Vec<(Vec<u8>, u64, u64)>).cast::<c_void>();
+        let data = (&mut found as *mut Vec<ScannedLock>).cast::<c_void>();
         while scan(ctx.ctx, cursor, Some(on_scanned_key), data) != 0 {}
         destroy(cursor);
     }

@@ -47,6 +47,7 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         ctx.log_warning("fencelock: could not register the INFO section");
         return Status::Err;
     }
+    engine::init_role(ctx);
     ctx.log_notice("fencelock: loaded");
     Status::Ok
 }
@@ -78,10 +79,5 @@ redis_module! {
         ["lock.forcerelease", commands::force_release, "write", 1, 1, 1, ""],
         ["lock.info", commands::info, "readonly fast", 1, 1, 1, ""],
         ["lock.apply", commands::apply, "write", 1, 1, 1, ""],
-    ],
-    event_handlers: [
-        // Generic events only (rename_to, move_to, restore): subscribing to
-        // string, list, ... events would tax every write in the server.
-        [@GENERIC: engine::on_keyspace_event],
     ],
 }

@@ -3,7 +3,7 @@
 //! timer and event callback on its main thread, so the mutex is never
 //! contended; it exists to make the sharing explicit and sound.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,10 @@ pub struct State {
     pub orphaned: HashSet<QueueKey>,
     /// The sweep timer, when armed.
     pub sweep_timer: Option<u64>,
+    /// Lock values that left their key by a generic command and may live on
+    /// under another name (RENAME, MOVE): value address → token. Found again
+    /// by the sweep timer and tracked under their new name.
+    pub relocated: HashMap<usize, u64>,
     /// Set while the module deletes a lock itself (it hands the lock off
     /// itself; the unlink callback must not treat it as orphaned).
     pub deleting: bool,
