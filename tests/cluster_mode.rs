@@ -12,38 +12,13 @@
 use std::time::Duration;
 
 use redis::{Connection, ConnectionLike, Value};
+use testkit::lock::{self, acquire, digest};
 use testkit::multi::Cluster;
 use testkit::{info_int, wait_for};
 
 /// (owner, holds, token) of a key, None when free.
 fn info(c: &mut impl ConnectionLike, key: &str) -> Option<(String, i64, i64)> {
-    let v: Value = redis::cmd("LOCK.INFO").arg(key).query(c).unwrap();
-    match v {
-        Value::Nil => None,
-        Value::Array(f) => Some((
-            redis::from_redis_value_ref(&f[1]).unwrap(),
-            redis::from_redis_value_ref(&f[3]).unwrap(),
-            redis::from_redis_value_ref(&f[7]).unwrap(),
-        )),
-        other => panic!("{other:?}"),
-    }
-}
-
-fn acquire(c: &mut impl ConnectionLike, key: &str, owner: &str, ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(c)
-        .unwrap()
-}
-
-fn digest(c: &mut Connection, key: &str) -> Value {
-    redis::cmd("DEBUG")
-        .arg("DIGEST-VALUE")
-        .arg(key)
-        .query(c)
-        .unwrap()
+    lock::info(c, key).map(|i| (i.owner, i.holds, i.token))
 }
 
 #[test]

@@ -11,65 +11,12 @@
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
+use testkit::lock::{self, acquire, force_release as force, release, renew, stat as lock_info};
 use testkit::{info_int, wait_for, Server};
 
-fn acquire(c: &mut Connection, key: &str, owner: &str, ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(c)
-        .unwrap()
-}
-
-fn renew(c: &mut Connection, key: &str, owner: &str, ttl: u64) -> i64 {
-    redis::cmd("LOCK.RENEW")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(c)
-        .unwrap()
-}
-
-fn release(c: &mut Connection, key: &str, owner: &str) -> Option<i64> {
-    redis::cmd("LOCK.RELEASE")
-        .arg(key)
-        .arg(owner)
-        .query(c)
-        .unwrap()
-}
-
-fn force(c: &mut Connection, key: &str) -> i64 {
-    redis::cmd("LOCK.FORCERELEASE").arg(key).query(c).unwrap()
-}
-
-/// LOCK.INFO as (owner, holds, ttl, token, waiters); None when nil.
+/// `LOCK.INFO` as (owner, holds, ttl, token, waiters).
 fn info(c: &mut Connection, key: &str) -> Option<(String, i64, i64, i64, i64)> {
-    let v: Value = redis::cmd("LOCK.INFO").arg(key).query(c).unwrap();
-    match v {
-        Value::Nil => None,
-        Value::Array(items) => {
-            let names: Vec<String> = items
-                .iter()
-                .step_by(2)
-                .map(|n| redis::from_redis_value_ref::<String>(n).unwrap())
-                .collect();
-            assert_eq!(names, ["owner", "holds", "ttl", "token", "waiters"]);
-            let get = |i: usize| redis::from_redis_value_ref::<i64>(&items[i]).unwrap();
-            Some((
-                redis::from_redis_value_ref::<String>(&items[1]).unwrap(),
-                get(3),
-                get(5),
-                get(7),
-                get(9),
-            ))
-        }
-        other => panic!("unexpected LOCK.INFO reply {other:?}"),
-    }
-}
-
-fn lock_info(c: &mut Connection, field: &str) -> i64 {
-    info_int(c, "lock", &format!("lock_{field}"))
+    lock::info(c, key).map(|i| (i.owner, i.holds, i.ttl, i.token, i.waiters))
 }
 
 #[test]

@@ -10,38 +10,12 @@
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
+use testkit::lock::{self, acquire, digest};
 use testkit::{info_int, wait_for, Server};
-
-fn acquire(c: &mut Connection, key: &str, owner: &str, ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(c)
-        .unwrap()
-}
 
 /// (owner, holds, ttl, token) or None.
 fn info(c: &mut Connection, key: &str) -> Option<(String, i64, i64, i64)> {
-    let v: Value = redis::cmd("LOCK.INFO").arg(key).query(c).unwrap();
-    match v {
-        Value::Nil => None,
-        Value::Array(f) => Some((
-            redis::from_redis_value_ref(&f[1]).unwrap(),
-            redis::from_redis_value_ref(&f[3]).unwrap(),
-            redis::from_redis_value_ref(&f[5]).unwrap(),
-            redis::from_redis_value_ref(&f[7]).unwrap(),
-        )),
-        other => panic!("{other:?}"),
-    }
-}
-
-fn digest(c: &mut Connection, key: &str) -> Value {
-    redis::cmd("DEBUG")
-        .arg("DIGEST-VALUE")
-        .arg(key)
-        .query(c)
-        .unwrap()
+    lock::info(c, key).map(|i| (i.owner, i.holds, i.ttl, i.token))
 }
 
 /// Waits until the replica has processed everything the master sent.

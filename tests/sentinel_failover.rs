@@ -10,30 +10,14 @@
 
 use std::time::Duration;
 
-use redis::{Connection, Value};
+use redis::Connection;
+use testkit::lock::{self, acquire};
 use testkit::multi::Sentinel;
 use testkit::{wait_for, Server};
 
-fn acquire(c: &mut Connection, key: &str, owner: &str, ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(c)
-        .unwrap()
-}
-
+/// (owner, holds, token) of a key, None when free.
 fn info(c: &mut Connection, key: &str) -> Option<(String, i64, i64)> {
-    let v: Value = redis::cmd("LOCK.INFO").arg(key).query(c).unwrap();
-    match v {
-        Value::Nil => None,
-        Value::Array(f) => Some((
-            redis::from_redis_value_ref(&f[1]).unwrap(),
-            redis::from_redis_value_ref(&f[3]).unwrap(),
-            redis::from_redis_value_ref(&f[7]).unwrap(),
-        )),
-        other => panic!("{other:?}"),
-    }
+    lock::info(c, key).map(|i| (i.owner, i.holds, i.token))
 }
 
 #[test]

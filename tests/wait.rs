@@ -13,46 +13,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
-use testkit::{info_int, wait_for, Server};
-
-fn acquire(c: &mut Connection, key: &str, owner: &str, ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(c)
-        .unwrap()
-}
-
-fn release(c: &mut Connection, key: &str, owner: &str) -> Option<i64> {
-    redis::cmd("LOCK.RELEASE")
-        .arg(key)
-        .arg(owner)
-        .query(c)
-        .unwrap()
-}
+use testkit::lock::{self, acquire, release, stat};
+use testkit::{wait_for, Server};
 
 /// (owner, holds, token, waiters) of a key, None when free.
 fn info(c: &mut Connection, key: &str) -> Option<(String, i64, i64, i64)> {
-    let v: Value = redis::cmd("LOCK.INFO").arg(key).query(c).unwrap();
-    match v {
-        Value::Nil => None,
-        Value::Array(f) => Some((
-            redis::from_redis_value_ref(&f[1]).unwrap(),
-            redis::from_redis_value_ref(&f[3]).unwrap(),
-            redis::from_redis_value_ref(&f[7]).unwrap(),
-            redis::from_redis_value_ref(&f[9]).unwrap(),
-        )),
-        other => panic!("{other:?}"),
-    }
+    lock::info(c, key).map(|i| (i.owner, i.holds, i.token, i.waiters))
 }
 
 fn waiters(c: &mut Connection, key: &str) -> i64 {
     info(c, key).map_or(0, |i| i.3)
-}
-
-fn stat(c: &mut Connection, field: &str) -> i64 {
-    info_int(c, "lock", &format!("lock_{field}"))
 }
 
 /// Waits until `n` clients wait on `key`.

@@ -11,6 +11,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod lock;
 pub mod multi;
 
 use std::io::Write;
