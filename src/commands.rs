@@ -239,6 +239,12 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     key.set_value(&crate::datatype::LOCK_TYPE, lock)
         .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
     crate::datatype::on_stored();
+    // Redis never propagates module commands by itself: without this, a
+    // replica's own AOF would miss every lock it received, and a replica
+    // restarted from it would lose them. (A replica feeds only its AOF from
+    // here; its sub-replicas get the master's stream as is. Nothing is
+    // propagated while loading.)
+    ctx.replicate_verbatim();
     // A replica keeps no schedule (it never expires leases itself); the
     // schedule is rebuilt from the keyspace when loading ends and on
     // promotion.
