@@ -11,8 +11,9 @@
     clippy::indexing_slicing
 )]
 
+pub mod cluster;
 pub mod lock;
-pub mod multi;
+pub mod sentinel;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
