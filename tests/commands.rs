@@ -11,13 +11,13 @@
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
-use testkit::lock::{self, acquire, force_release as force, release, renew, stat as lock_info};
-use testkit::{info_int, wait_for, Server};
-
-/// `LOCK.INFO` as (owner, holds, ttl, token, waiters).
-fn info(c: &mut Connection, key: &str) -> Option<(String, i64, i64, i64, i64)> {
-    lock::info(c, key).map(|i| (i.owner, i.holds, i.ttl, i.token, i.waiters))
-}
+use testkit::lock::{
+    self, acquire, exists, expect_expiry, force_release, grant_timed, release, renew, stat,
+};
+use testkit::timing::{before, lease_ms};
+use testkit::{
+    dbsize, until_conclusive, wait_aof_settled, wait_for, Server, EXPIRY_SLACK, PATIENCE,
+};
 
 #[test]
 fn acquire_grants_a_positive_token_and_reentry_keeps_it() {
@@ -26,9 +26,12 @@ fn acquire_grants_a_positive_token_and_reentry_keeps_it() {
     let t = acquire(&mut c, "k", "a", 10_000).expect("granted");
     assert!(t > 0);
     assert_eq!(acquire(&mut c, "k", "a", 10_000), Some(t));
-    let (owner, holds, ttl, token, waiters) = info(&mut c, "k").unwrap();
-    assert_eq!((owner.as_str(), holds, token, waiters), ("a", 2, t, 0));
-    assert!(ttl > 0 && ttl <= 10_000);
+    let i = lock::info(&mut c, "k").unwrap();
+    assert_eq!(
+        (i.owner.as_str(), i.holds, i.token, i.waiters),
+        ("a", 2, t, 0)
+    );
+    assert!(i.ttl > 0 && i.ttl <= 10_000);
 }
 
 #[test]
@@ -39,9 +42,9 @@ fn another_owner_gets_nil_and_changes_nothing() {
     assert_eq!(acquire(&mut c, "k", "b", 20_000), None);
     assert_eq!(renew(&mut c, "k", "b", 20_000), 0);
     assert_eq!(release(&mut c, "k", "b"), None);
-    let (owner, holds, ttl, token, _) = info(&mut c, "k").unwrap();
-    assert_eq!((owner.as_str(), holds, token), ("a", 1, t));
-    assert!(ttl <= 10_000);
+    let i = lock::info(&mut c, "k").unwrap();
+    assert_eq!((i.owner.as_str(), i.holds, i.token), ("a", 1, t));
+    assert!(i.ttl <= 10_000);
 }
 
 #[test]
@@ -83,14 +86,16 @@ fn release_counts_down_keeps_the_lease_and_deletes_at_zero() {
     acquire(&mut c, "k", "a", 60_000).unwrap();
     assert_eq!(renew(&mut c, "k", "a", 30_000), 1);
     assert_eq!(release(&mut c, "k", "a"), Some(2));
-    let (_, holds, ttl, _, _) = info(&mut c, "k").unwrap();
-    assert_eq!(holds, 2);
-    assert!(ttl <= 30_000, "a partial release must not extend the lease");
+    let i = lock::info(&mut c, "k").unwrap();
+    assert_eq!(i.holds, 2);
+    assert!(
+        i.ttl <= 30_000,
+        "a partial release must not extend the lease"
+    );
     assert_eq!(release(&mut c, "k", "a"), Some(1));
     assert_eq!(release(&mut c, "k", "a"), Some(0));
-    assert_eq!(info(&mut c, "k"), None);
-    let exists: i64 = redis::cmd("EXISTS").arg("k").query(&mut c).unwrap();
-    assert_eq!(exists, 0);
+    assert_eq!(lock::info(&mut c, "k"), None);
+    assert!(!exists(&mut c, "k"));
     assert_eq!(release(&mut c, "k", "a"), None);
 }
 
@@ -99,46 +104,68 @@ fn renew_replies_one_for_the_holder_and_zero_otherwise() {
     let s = Server::start();
     let mut c = s.conn();
     assert_eq!(renew(&mut c, "k", "a", 1000), 0, "never held");
-    acquire(&mut c, "k", "a", 1000).unwrap();
+    // Held for 10 s: the renewal surely comes within the lease.
+    acquire(&mut c, "k", "a", 10_000).unwrap();
     assert_eq!(renew(&mut c, "k", "a", 50_000), 1);
-    let (_, _, ttl, _, _) = info(&mut c, "k").unwrap();
-    assert!(ttl > 1000, "renew sets the lease to now + ttl");
+    let ttl = lock::info(&mut c, "k").unwrap().ttl;
+    assert!(ttl > 10_000, "renew sets the lease to now + ttl");
     assert_eq!(renew(&mut c, "k", "b", 50_000), 0, "someone else's");
 }
 
 #[test]
 fn renewal_keeps_a_lock_alive_well_past_its_ttl() {
+    // A lease renewed every 50 ms for 6 × its ttl keeps its owner and token.
+    // A renewal answered within the ttl of the previous send reached the
+    // server in time and must succeed. When the client itself stalled for a
+    // whole ttl, the attempt proves nothing: again with a longer lease.
     let s = Server::start();
     let mut c = s.conn();
-    let t = acquire(&mut c, "k", "a", 200).unwrap();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(1200) {
-        assert_eq!(renew(&mut c, "k", "a", 200), 1);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (owner, _, _, token, _) = info(&mut c, "k").unwrap();
-    assert_eq!((owner.as_str(), token), ("a", t));
+    until_conclusive(|attempt| {
+        let ttl_ms = lease_ms(200, attempt);
+        let ttl = Duration::from_millis(ttl_ms);
+        let key = format!("k{attempt}");
+        let mut sent = Instant::now();
+        let t = acquire(&mut c, &key, "a", ttl_ms).unwrap();
+        let start = Instant::now();
+        while start.elapsed() < 6 * ttl {
+            let previous = sent;
+            sent = Instant::now();
+            if renew(&mut c, &key, "a", ttl_ms) != 1 {
+                before("a renewal's answer", Instant::now(), previous + ttl)?;
+                panic!("{key} lost within its lease");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let i = lock::info(&mut c, &key);
+        if i.is_none() {
+            before("the last look", Instant::now(), sent + ttl)?;
+        }
+        let i = i.expect("held by its renewing owner");
+        assert_eq!((i.owner.as_str(), i.token), ("a", t));
+        Ok(())
+    });
 }
 
 #[test]
 fn unrenewed_lease_is_removed_by_the_server_promptly() {
     let s = Server::start();
     let mut c = s.conn();
-    acquire(&mut c, "k", "a", 300).unwrap();
-    assert!(info(&mut c, "k").is_some());
+    let lease = grant_timed(&mut c, "k", "a", 300);
+    let shown = lock::info(&mut c, "k").is_some();
+    assert!(
+        shown || Instant::now() >= lease.earliest,
+        "not shown within its lease"
+    );
     // The key itself disappears (not only hidden from reads), without any
-    // command touching it.
+    // command touching it, soon after its deadline.
     let mut watcher = s.conn();
     wait_for(
         "the expired lock's key to be deleted",
-        Duration::from_secs(3),
-        || {
-            let n: i64 = redis::cmd("DBSIZE").query(&mut watcher).unwrap();
-            (n == 0).then_some(())
-        },
+        (lease.latest + EXPIRY_SLACK).saturating_duration_since(Instant::now()),
+        || (dbsize(&mut watcher) == 0).then_some(()),
     );
-    assert_eq!(lock_info(&mut c, "expired"), 1);
-    assert_eq!(lock_info(&mut c, "held"), 0);
+    assert_eq!(stat(&mut c, "expired"), 1);
+    assert_eq!(stat(&mut c, "held"), 0);
     assert_eq!(
         renew(&mut c, "k", "a", 300),
         0,
@@ -154,45 +181,90 @@ fn unrenewed_lease_is_removed_by_the_server_promptly() {
 fn many_leases_expire_on_their_own() {
     // Hundreds of thousands of live leases, deadlines spread over a second:
     // every one is removed by the server's own timer, none is left behind.
+    //
+    // All must still be live when they are counted, after this client has
+    // sent them all — which takes what it takes on this machine (a debug
+    // build on a slow one needs seconds). So the time for one chunk is
+    // measured first on throwaway locks, and the leases last 3× the fill it
+    // predicts (at least 1.5 s). When the fill still ran past the first
+    // deadline, the attempt proves nothing: again, with leases twice as long.
     const N: u64 = 200_000;
-    let s = Server::start();
-    let mut c = s.conn();
-    for chunk in 0..(N / 10_000) {
+    const CHUNK: u64 = 10_000;
+    fn fill(c: &mut Connection, prefix: &str, chunk: u64, base_ms: u64) {
         let mut p = redis::pipe();
-        for i in chunk * 10_000..(chunk + 1) * 10_000 {
+        for i in chunk * CHUNK..(chunk + 1) * CHUNK {
             p.cmd("LOCK.ACQUIRE")
-                .arg(format!("k{i}"))
+                .arg(format!("{prefix}{i}"))
                 .arg("o")
-                .arg(1500 + (i % 1000));
+                .arg(base_ms + (i % 1000));
+        }
+        let granted: Vec<Option<i64>> = p.query(c).unwrap();
+        assert!(granted.iter().all(Option::is_some), "all granted");
+    }
+    until_conclusive(|attempt| {
+        let s = Server::start();
+        let mut c = s.conn();
+        let calibrating = Instant::now();
+        fill(&mut c, "calibration", 0, 600_000);
+        let per_chunk = calibrating.elapsed();
+        let mut p = redis::pipe();
+        for i in 0..CHUNK {
+            p.cmd("LOCK.RELEASE")
+                .arg(format!("calibration{i}"))
+                .arg("o");
         }
         let _: Vec<Option<i64>> = p.query(&mut c).unwrap();
-    }
-    assert_eq!(lock_info(&mut c, "held"), N as i64);
-    assert_eq!(lock_info(&mut c, "leases_scheduled"), N as i64);
-    wait_for("200k leases to expire", Duration::from_secs(20), || {
-        let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
-        (n == 0).then_some(())
+        assert_eq!(stat(&mut c, "held"), 0);
+        let predicted = per_chunk * (N / CHUNK) as u32;
+        let base = (predicted * (3 << attempt)).max(Duration::from_millis(1_500));
+        let base_ms = base.as_millis() as u64;
+        eprintln!("one chunk of {CHUNK} in {per_chunk:?}: leases of {base:?} and up");
+
+        let filling = Instant::now();
+        for chunk in 0..N / CHUNK {
+            fill(&mut c, "k", chunk, base_ms);
+        }
+        let held = stat(&mut c, "held");
+        let scheduled = stat(&mut c, "leases_scheduled");
+        eprintln!("{N} leases sent and counted in {:?}", filling.elapsed());
+        before(
+            &format!(
+                "counting (fill predicted {predicted:?} from one chunk in {per_chunk:?}, \
+                 took {:?})",
+                filling.elapsed()
+            ),
+            Instant::now(),
+            filling + base,
+        )?;
+        assert_eq!(held, N as i64);
+        assert_eq!(scheduled, N as i64);
+        wait_for(
+            "200k leases to expire",
+            base + Duration::from_secs(1) + PATIENCE,
+            || (dbsize(&mut c) == 0).then_some(()),
+        );
+        assert_eq!(stat(&mut c, "expired"), N as i64);
+        assert_eq!(stat(&mut c, "held"), 0);
+        assert_eq!(stat(&mut c, "leases_scheduled"), 0);
+        Ok(())
     });
-    assert_eq!(lock_info(&mut c, "expired"), N as i64);
-    assert_eq!(lock_info(&mut c, "held"), 0);
-    assert_eq!(lock_info(&mut c, "leases_scheduled"), 0);
 }
 
 #[test]
 fn force_release_removes_any_holder() {
     let s = Server::start();
     let mut c = s.conn();
-    assert_eq!(force(&mut c, "k"), 0);
+    assert_eq!(force_release(&mut c, "k"), 0);
     acquire(&mut c, "k", "a", 10_000).unwrap();
     acquire(&mut c, "k", "a", 10_000).unwrap();
-    assert_eq!(force(&mut c, "k"), 1);
-    assert_eq!(info(&mut c, "k"), None);
+    assert_eq!(force_release(&mut c, "k"), 1);
+    assert_eq!(lock::info(&mut c, "k"), None);
     assert_eq!(
         release(&mut c, "k", "a"),
         None,
         "the old holder no longer holds it"
     );
-    assert_eq!(lock_info(&mut c, "forced_releases"), 1);
+    assert_eq!(stat(&mut c, "forced_releases"), 1);
 }
 
 #[test]
@@ -233,7 +305,7 @@ fn tokens_strictly_increase_across_grants_of_a_key() {
         if i % 2 == 0 {
             release(&mut c, "k", &owner).unwrap();
         } else {
-            force(&mut c, "k");
+            force_release(&mut c, "k");
         }
     }
 }
@@ -244,7 +316,7 @@ fn token_after_restart(config: testkit::ServerConfig, durable: bool, crash: impl
     let mut last = 0;
     for i in 0..50 {
         last = acquire(&mut c, "k", &format!("o{i}"), 60_000).unwrap();
-        force(&mut c, "k");
+        force_release(&mut c, "k");
     }
     let held = acquire(&mut c, "held", "h", 60_000).unwrap();
     drop(c);
@@ -256,8 +328,8 @@ fn token_after_restart(config: testkit::ServerConfig, durable: bool, crash: impl
         next > last && next > held,
         "token {next} after restart must exceed {last}"
     );
-    match info(&mut c, "held") {
-        Some((owner, _, _, token, _)) => assert_eq!((owner.as_str(), token), ("h", held)),
+    match lock::info(&mut c, "held") {
+        Some(i) => assert_eq!((i.owner.as_str(), i.token), ("h", held)),
         None => assert!(!durable, "a persisted lock was lost"),
     }
 }
@@ -310,45 +382,51 @@ fn locks_survive_restart_with_owner_holds_token_and_deadline() {
             .args
             .iter()
             .any(|(k, v)| k == "appendonly" && v == "yes");
-        let mut s = config.start();
-        let mut c = s.conn();
-        let t = acquire(&mut c, "k", "a", 60_000).unwrap();
-        acquire(&mut c, "k", "a", 60_000).unwrap();
-        acquire(&mut c, "short", "b", 1_500).unwrap();
-        let (_, _, ttl_before, _, _) = info(&mut c, "k").unwrap();
-        if aof {
-            let _: () = redis::cmd("BGREWRITEAOF").query(&mut c).unwrap();
-            wait_for("AOF rewrite", Duration::from_secs(10), || {
-                (info_int(&mut c, "persistence", "aof_rewrite_in_progress") == 0
-                    && info_int(&mut c, "persistence", "aof_rewrite_scheduled") == 0)
-                    .then_some(())
-            });
-            // One more change after the rewrite, replayed from the AOF tail.
-            renew(&mut c, "short", "b", 1_500);
-            s.shutdown(false);
-        } else {
-            s.shutdown(true);
-        }
-        // Down for longer than `short`'s lease.
-        std::thread::sleep(Duration::from_millis(1_700));
-        s.restart();
-        let mut c = s.conn();
-        let (owner, holds, ttl, token, _) = info(&mut c, "k").unwrap();
-        assert_eq!((owner.as_str(), holds, token), ("a", 2, t));
-        assert!(
-            ttl <= ttl_before - 1_500,
-            "the deadline is absolute: downtime counts"
-        );
-        wait_for(
-            "the lock that expired while down to be removed",
-            Duration::from_secs(3),
-            || {
-                let n: i64 = redis::cmd("EXISTS").arg("short").query(&mut c).unwrap();
-                (n == 0).then_some(())
-            },
-        );
-        assert!(lock_info(&mut c, "expired") >= 1, "counted as expired");
-        assert_eq!(release(&mut c, "k", "a"), Some(1));
+        // `short` must end while the server is down: its lease is set just
+        // before the shutdown, and an attempt whose shutdown took longer
+        // than the lease proves nothing (again, with a longer lease).
+        until_conclusive(|attempt| {
+            let short_ms = lease_ms(1_500, attempt);
+            let short = Duration::from_millis(short_ms);
+            let mut s = config.clone().start();
+            let mut c = s.conn();
+            let t = acquire(&mut c, "k", "a", 60_000).unwrap();
+            acquire(&mut c, "k", "a", 60_000).unwrap();
+            // Long for now: surely in the snapshot or the rewrite.
+            acquire(&mut c, "short", "b", 60_000).unwrap();
+            let ttl_before = lock::info(&mut c, "k").unwrap().ttl;
+            if aof {
+                let _: () = redis::cmd("BGREWRITEAOF").query(&mut c).unwrap();
+                wait_aof_settled(&mut c);
+            }
+            // One more change (with the AOF: after the rewrite, replayed
+            // from the AOF tail): `short` now ends soon.
+            let sent = Instant::now();
+            assert_eq!(renew(&mut c, "short", "b", short_ms), 1);
+            s.shutdown(!aof);
+            before("the end of the shutdown", Instant::now(), sent + short)?;
+            // Down for longer than `short`'s lease.
+            std::thread::sleep(
+                (sent + short + Duration::from_millis(200))
+                    .saturating_duration_since(Instant::now()),
+            );
+            s.restart();
+            let mut c = s.conn();
+            let i = lock::info(&mut c, "k").unwrap();
+            assert_eq!((i.owner.as_str(), i.holds, i.token), ("a", 2, t));
+            assert!(
+                i.ttl <= ttl_before - short_ms as i64,
+                "the deadline is absolute: downtime counts"
+            );
+            wait_for(
+                "the lock that expired while down to be removed",
+                PATIENCE,
+                || (!exists(&mut c, "short")).then_some(()),
+            );
+            assert!(stat(&mut c, "expired") >= 1, "counted as expired");
+            assert_eq!(release(&mut c, "k", "a"), Some(1));
+            Ok(())
+        });
     }
 }
 
@@ -358,36 +436,39 @@ fn debug_reload_keeps_every_lock() {
     let mut c = s.conn();
     let t = acquire(&mut c, "k", "a", 60_000).unwrap();
     acquire(&mut c, "k", "a", 60_000).unwrap();
-    let digest = |c: &mut Connection| -> Value {
-        redis::cmd("DEBUG")
-            .arg("DIGEST-VALUE")
-            .arg("k")
-            .query(c)
-            .unwrap()
-    };
-    let before = digest(&mut c);
+    let before_reload = lock::digest(&mut c, "k");
     let _: () = redis::cmd("DEBUG").arg("RELOAD").query(&mut c).unwrap();
-    let (owner, holds, _, token, _) = info(&mut c, "k").unwrap();
-    assert_eq!((owner.as_str(), holds, token), ("a", 2, t));
+    let i = lock::info(&mut c, "k").unwrap();
+    assert_eq!((i.owner.as_str(), i.holds, i.token), ("a", 2, t));
     assert_eq!(
-        digest(&mut c),
-        before,
+        lock::digest(&mut c, "k"),
+        before_reload,
         "same owner, holds, token and deadline"
     );
     renew(&mut c, "k", "a", 30_000);
-    assert_ne!(digest(&mut c), before, "the digest covers the deadline");
+    assert_ne!(
+        lock::digest(&mut c, "k"),
+        before_reload,
+        "the digest covers the deadline"
+    );
     let usage: i64 = redis::cmd("MEMORY")
         .arg("USAGE")
         .arg("k")
         .query(&mut c)
         .unwrap();
     assert!(usage > 40, "MEMORY USAGE reports a real size, got {usage}");
-    // Still expires after a reload.
-    acquire(&mut c, "soon", "a", 200).unwrap();
-    let _: () = redis::cmd("DEBUG").arg("RELOAD").query(&mut c).unwrap();
-    wait_for("expiry after reload", Duration::from_secs(3), || {
-        let n: i64 = redis::cmd("EXISTS").arg("soon").query(&mut c).unwrap();
-        (n == 0).then_some(())
+    // Still expires after a reload: the reload must come within the lease
+    // (else, again with a longer one).
+    until_conclusive(|attempt| {
+        let key = format!("soon{attempt}");
+        let lease = grant_timed(&mut c, &key, "a", lease_ms(200, attempt));
+        let _: () = redis::cmd("DEBUG").arg("RELOAD").query(&mut c).unwrap();
+        if !exists(&mut c, &key) {
+            before("the reload", Instant::now(), lease.earliest)?;
+            panic!("{key} lost by the reload");
+        }
+        expect_expiry(&mut c, &[lease]);
+        Ok(())
     });
 }
 
@@ -470,7 +551,7 @@ fn bad_input_gets_a_coded_error_and_changes_nothing() {
         vec!["LOCK.APPLY", "k", "b", "1", "1", "1"],
     ];
     assert!(cases.len() >= 25);
-    let before = info(&mut c, "k").unwrap();
+    let before = lock::info(&mut c, "k").unwrap();
     for args in &cases {
         let err = redis::cmd(args[0])
             .arg(&args[1..])
@@ -481,14 +562,14 @@ fn bad_input_gets_a_coded_error_and_changes_nothing() {
             Some("ERR"),
             "{args:?}: error must start with the ERR code: {err}"
         );
-        let now = info(&mut c, "k").unwrap();
+        let now = lock::info(&mut c, "k").unwrap();
         assert_eq!(
-            (&now.0, now.1, now.3),
-            (&before.0, before.1, t),
+            (&now.owner, now.holds, now.token),
+            (&before.owner, before.holds, t),
             "{args:?} changed the lock"
         );
-        assert!(now.2 <= before.2, "{args:?} extended the lease");
-        let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+        assert!(now.ttl <= before.ttl, "{args:?} extended the lease");
+        let n = dbsize(&mut c);
         assert_eq!(n, 1, "{args:?} created a key");
     }
 }
@@ -497,16 +578,11 @@ fn bad_input_gets_a_coded_error_and_changes_nothing() {
 fn generic_commands_on_a_lock_key() {
     let s = Server::start();
     let mut c = s.conn();
-    let exists = |c: &mut Connection, k: &str| -> bool {
-        redis::cmd("EXISTS").arg(k).query::<i64>(c).unwrap() == 1
-    };
     let gone_soon = |c: &mut Connection, k: &str, db: i64| {
         let _: () = redis::cmd("SELECT").arg(db).query(c).unwrap();
-        wait_for(
-            &format!("{k} in db {db} to expire"),
-            Duration::from_secs(3),
-            || (!exists(c, k)).then_some(()),
-        );
+        wait_for(&format!("{k} in db {db} to expire"), PATIENCE, || {
+            (!exists(c, k)).then_some(())
+        });
         let _: () = redis::cmd("SELECT").arg(0).query(c).unwrap();
     };
 
@@ -517,22 +593,6 @@ fn generic_commands_on_a_lock_key() {
     let _: i64 = redis::cmd("UNLINK").arg("d").query(&mut c).unwrap();
     assert!(acquire(&mut c, "d", "c", 60_000).is_some());
 
-    // RENAME: the lock moves with owner and token and still expires on time.
-    let t = acquire(&mut c, "r1", "a", 400).unwrap();
-    let _: () = redis::cmd("RENAME")
-        .arg("r1")
-        .arg("r2")
-        .query(&mut c)
-        .unwrap();
-    let (owner, _, _, token, _) = info(&mut c, "r2").unwrap();
-    assert_eq!((owner.as_str(), token), ("a", t));
-    assert!(
-        acquire(&mut c, "r1", "b", 60_000).is_some(),
-        "the old name is free"
-    );
-    gone_soon(&mut c, "r2", 0);
-    assert!(exists(&mut c, "r1"), "only the renamed lock expired");
-
     // COPY is refused: a lock must not be duplicated.
     acquire(&mut c, "c1", "a", 60_000).unwrap();
     assert!(redis::cmd("COPY")
@@ -542,14 +602,50 @@ fn generic_commands_on_a_lock_key() {
         .is_err());
     assert!(!exists(&mut c, "c2"));
 
-    // MOVE: the lock expires in its new database.
-    acquire(&mut c, "m", "a", 400).unwrap();
-    let moved: i64 = redis::cmd("MOVE").arg("m").arg(3).query(&mut c).unwrap();
-    assert_eq!(moved, 1);
-    gone_soon(&mut c, "m", 3);
+    // Short leases moved by RENAME, MOVE, PERSIST and SWAPDB: each expires
+    // on time in its new place. The commands must all run before the
+    // leases can end (else, again with longer ones).
+    until_conclusive(|attempt| {
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+        let ttl = lease_ms(400, attempt);
+        let first = grant_timed(&mut c, "r1", "a", ttl);
+        acquire(&mut c, "m", "a", ttl).unwrap();
+        acquire(&mut c, "p", "a", ttl).unwrap();
+        let _: () = redis::cmd("SELECT").arg(5).query(&mut c).unwrap();
+        acquire(&mut c, "s", "a", ttl).unwrap();
+        let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
+
+        // RENAME: the lock moves with owner and token.
+        let renamed: redis::RedisResult<()> =
+            redis::cmd("RENAME").arg("r1").arg("r2").query(&mut c);
+        let shown = lock::held(&mut c, "r2");
+        let old_name_free = acquire(&mut c, "r1", "b", 60_000).is_some();
+        // MOVE: to database 3.
+        let moved: i64 = redis::cmd("MOVE").arg("m").arg(3).query(&mut c).unwrap();
+        // PERSIST leaves the lease in force.
+        let _: i64 = redis::cmd("PERSIST").arg("p").query(&mut c).unwrap();
+        // SWAPDB: the lock ends up in database 6.
+        let _: () = redis::cmd("SWAPDB").arg(5).arg(6).query(&mut c).unwrap();
+        before(
+            "the commands on the short leases",
+            Instant::now(),
+            first.earliest,
+        )?;
+
+        renamed.unwrap();
+        assert_eq!(shown, Some(("a".into(), 1, first.token)));
+        assert!(old_name_free, "the old name is free");
+        assert_eq!(moved, 1);
+        gone_soon(&mut c, "r2", 0);
+        assert!(exists(&mut c, "r1"), "only the renamed lock expired");
+        gone_soon(&mut c, "m", 3);
+        gone_soon(&mut c, "p", 0);
+        gone_soon(&mut c, "s", 6);
+        Ok(())
+    });
 
     // EXPIRE: a native TTL removes the key when it fires; the lease still
-    // applies if it is shorter. PERSIST leaves the lease in force.
+    // applies if it is shorter (above: PERSIST leaves it in force).
     acquire(&mut c, "e", "a", 60_000).unwrap();
     let _: i64 = redis::cmd("PEXPIRE")
         .arg("e")
@@ -557,16 +653,6 @@ fn generic_commands_on_a_lock_key() {
         .query(&mut c)
         .unwrap();
     gone_soon(&mut c, "e", 0);
-    acquire(&mut c, "p", "a", 400).unwrap();
-    let _: i64 = redis::cmd("PERSIST").arg("p").query(&mut c).unwrap();
-    gone_soon(&mut c, "p", 0);
-
-    // SWAPDB: the lock expires in the database it was swapped into.
-    let _: () = redis::cmd("SELECT").arg(5).query(&mut c).unwrap();
-    acquire(&mut c, "s", "a", 400).unwrap();
-    let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
-    let _: () = redis::cmd("SWAPDB").arg(5).arg(6).query(&mut c).unwrap();
-    gone_soon(&mut c, "s", 6);
 
     // FLUSHDB / FLUSHALL remove locks; names are free again.
     acquire(&mut c, "f", "a", 60_000).unwrap();
@@ -592,10 +678,10 @@ fn info_counters_count_every_outcome() {
     release(&mut c, "k", "b");
     release(&mut c, "k", "a");
     acquire(&mut c, "f", "a", 60_000).unwrap();
-    force(&mut c, "f");
+    force_release(&mut c, "f");
     acquire(&mut c, "x", "a", 100).unwrap();
-    wait_for("expiry", Duration::from_secs(3), || {
-        (lock_info(&mut c, "expired") == 1).then_some(())
+    wait_for("expiry", PATIENCE, || {
+        (stat(&mut c, "expired") == 1).then_some(())
     });
     let want = [
         ("held", 1),
@@ -611,7 +697,7 @@ fn info_counters_count_every_outcome() {
         ("forced_releases", 1),
     ];
     for (field, n) in want {
-        assert_eq!(lock_info(&mut c, field), n, "lock_{field}");
+        assert_eq!(stat(&mut c, field), n, "lock_{field}");
     }
 }
 
@@ -628,13 +714,11 @@ fn keyspace_notifications_announce_lock_events() {
     let mut sub = s.conn();
     let mut pubsub = sub.as_pubsub();
     pubsub.psubscribe("__keyevent@0__:lock.*").unwrap();
-    pubsub
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    pubsub.set_read_timeout(Some(PATIENCE)).unwrap();
     acquire(&mut c, "k", "a", 60_000).unwrap();
     release(&mut c, "k", "a");
     acquire(&mut c, "k", "a", 60_000).unwrap();
-    force(&mut c, "k");
+    force_release(&mut c, "k");
     acquire(&mut c, "k", "a", 100).unwrap();
     let mut seen = Vec::new();
     while seen.len() < 5 {
@@ -688,7 +772,7 @@ fn operators_can_drive_it_with_redis_cli() {
         "{section}"
     );
     // redis-cli's own view of the command table.
-    let out = s.cli_stdin("LOCK.ACQUIRE a b 1000\nLOCK.FORCERELEASE a\nLOCK.FORCERELEASE a\n");
+    let out = s.cli_stdin("LOCK.ACQUIRE a b 30000\nLOCK.FORCERELEASE a\nLOCK.FORCERELEASE a\n");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[1..], ["1", "0"]);
@@ -703,10 +787,9 @@ fn a_lock_is_never_shown_after_its_deadline() {
     acquire(&mut c, "k", "a", 150).unwrap();
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(400) {
-        let seen = info(&mut c, "k");
-        if let Some((_, _, ttl, _, _)) = seen {
-            assert!(ttl > 0, "a shown lock always has time left");
+        if let Some(i) = lock::info(&mut c, "k") {
+            assert!(i.ttl > 0, "a shown lock always has time left");
         }
     }
-    assert_eq!(info(&mut c, "k"), None);
+    assert_eq!(lock::info(&mut c, "k"), None);
 }

@@ -12,87 +12,37 @@
 )]
 
 use std::path::Path;
-use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use redis::{Connection, RedisResult, Value};
-use testkit::lock::{self, acquire, digest, exists, force_release, release, renew, stat};
-use testkit::{info_int, wait_for, Server};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// A master and one replica in sync.
-fn pair() -> (Server, Server) {
-    let master = Server::start();
-    let replica = Server::start();
-    replica.replicate_from(&master);
-    // The master counts the replica as online from its first ACK (up to a
-    // second after the sync); from then on WAIT answers at once.
-    synced(&mut master.conn(), 1);
-    (master, replica)
-}
-
-/// Waits until `n` replicas have processed everything the master sent.
-fn synced(m: &mut Connection, n: i64) {
-    let acked: i64 = redis::cmd("WAIT").arg(n).arg(10_000).query(m).unwrap();
-    assert_eq!(acked, n, "replicas acknowledged");
-}
+use redis::{Connection, Value};
+use testkit::lock::{
+    self, acquire, digest, exists, force_release, release, renew, spawn_waiter, stat, wait_gone,
+    wait_waiters,
+};
+use testkit::replication::{cut_replica_link, pair, replica_with_aof, synced};
+use testkit::timing::{before, lease_ms};
+use testkit::{info_int, now_ms, until_conclusive, wait_aof_settled, wait_for, Server, PATIENCE};
 
 /// The replica shows what the master shows: owner, holds and token through
-/// `LOCK.INFO` (about the same remaining ttl), and the same digest, which
-/// covers the absolute deadline.
+/// `LOCK.INFO` (the same remaining ttl, give or take the time between the
+/// two looks), and the same digest, which covers the absolute deadline.
 fn assert_mirrored(m: &mut Connection, r: &mut Connection, key: &str) {
+    let looking = Instant::now();
     let on_master = lock::info(m, key);
     let on_replica = lock::info(r, key);
+    let between = looking.elapsed().as_millis() as i64;
     assert_eq!(
         on_master.as_ref().map(|i| (&i.owner, i.holds, i.token)),
         on_replica.as_ref().map(|i| (&i.owner, i.holds, i.token)),
         "{key}: owner, holds, token"
     );
     if let (Some(a), Some(b)) = (&on_master, &on_replica) {
-        assert!((a.ttl - b.ttl).abs() < 1_000, "{key}: ttl {a:?} vs {b:?}");
+        assert!(
+            (a.ttl - b.ttl).abs() <= between + 2,
+            "{key}: ttl {a:?} vs {b:?}, looked {between} ms apart"
+        );
     }
     assert_eq!(digest(m, key), digest(r, key), "{key}: digest");
-}
-
-/// `LOCK.ACQUIRE key owner ttl WAIT wait_ms` on its own connection, in a
-/// thread.
-fn spawn_waiter(
-    server: &Server,
-    key: &str,
-    owner: &str,
-    ttl: u64,
-    wait_ms: u64,
-) -> JoinHandle<RedisResult<Option<i64>>> {
-    let mut c = server.conn();
-    let (key, owner) = (key.to_string(), owner.to_string());
-    std::thread::spawn(move || {
-        redis::cmd("LOCK.ACQUIRE")
-            .arg(key)
-            .arg(owner)
-            .arg(ttl)
-            .arg("WAIT")
-            .arg(wait_ms)
-            .query(&mut c)
-    })
-}
-
-/// Waits until `n` clients wait on the server.
-fn wait_waiters(c: &mut Connection, n: i64) {
-    wait_for(&format!("{n} waiter(s)"), Duration::from_secs(5), || {
-        (stat(c, "waiters") == n).then_some(())
-    });
-}
-
-fn wait_gone(c: &mut Connection, key: &str, timeout: Duration) {
-    wait_for(&format!("{key} to be deleted"), timeout, || {
-        (!exists(c, key)).then_some(())
-    });
 }
 
 #[test]
@@ -151,20 +101,22 @@ fn handoff_to_a_waiter_reaches_the_replica() {
     // the master's timer.
     let t_release = acquire(&mut m, "by-release", "a", 60_000).unwrap();
     let t_force = acquire(&mut m, "by-force", "a", 60_000).unwrap();
-    let t_expiry = acquire(&mut m, "by-expiry", "a", 1_500).unwrap();
-    let granted_at = std::time::Instant::now();
-    let w_release = spawn_waiter(&master, "by-release", "w1", 60_000, 20_000);
-    let w_force = spawn_waiter(&master, "by-force", "w2", 60_000, 20_000);
-    let w_expiry = spawn_waiter(&master, "by-expiry", "w3", 60_000, 20_000);
+    let t_expiry = acquire(&mut m, "by-expiry", "a", 60_000).unwrap();
+    let w_release = spawn_waiter(&master, "by-release", "w1", 60_000, 120_000);
+    let w_force = spawn_waiter(&master, "by-force", "w2", 60_000, 120_000);
+    let w_expiry = spawn_waiter(&master, "by-expiry", "w3", 60_000, 120_000);
     wait_waiters(&mut m, 3);
+    // Every waiter is queued: now the expiring lease gets its short end.
+    let shortened = Instant::now();
+    assert_eq!(renew(&mut m, "by-expiry", "a", 1_500), 1);
 
     assert_eq!(release(&mut m, "by-release", "a"), Some(0));
     assert_eq!(force_release(&mut m, "by-force"), 1);
-    let got_release = w_release.join().unwrap().unwrap().unwrap();
-    let got_force = w_force.join().unwrap().unwrap().unwrap();
-    let got_expiry = w_expiry.join().unwrap().unwrap().unwrap();
+    let got_release = w_release.join().unwrap().unwrap();
+    let got_force = w_force.join().unwrap().unwrap();
+    let got_expiry = w_expiry.join().unwrap().unwrap();
     assert!(
-        granted_at.elapsed() < Duration::from_millis(1_500 + 2_000),
+        shortened.elapsed() < Duration::from_millis(1_500) + testkit::EXPIRY_SLACK,
         "the expiry hand-off came on time"
     );
     assert!(got_release > t_release && got_force > t_force && got_expiry > t_expiry);
@@ -193,11 +145,7 @@ fn lease_expiry_by_the_master_reaches_the_replica_as_a_deletion() {
     acquire(&mut m, "long", "a", 60_000).unwrap();
     synced(&mut m, 1);
     for i in 0..10 {
-        wait_gone(
-            &mut r,
-            &format!("short{i}"),
-            Duration::from_millis(800 + 2_000),
-        );
+        wait_gone(&mut r, &format!("short{i}"));
     }
     assert_eq!(stat(&mut m, "expired"), 10);
     assert_eq!(stat(&mut r, "expired"), 0, "the replica expired nothing");
@@ -293,15 +241,6 @@ fn aof_effects(dir: &Path) -> Vec<AofCommand> {
         .collect()
 }
 
-/// Waits until a server with `appendonly yes` has no AOF rewrite pending.
-fn wait_aof_settled(c: &mut Connection) {
-    wait_for("the AOF rewrite to finish", Duration::from_secs(20), || {
-        let busy = info_int(c, "persistence", "aof_rewrite_in_progress")
-            + info_int(c, "persistence", "aof_rewrite_scheduled");
-        (busy == 0 && info_int(c, "persistence", "aof_enabled") == 1).then_some(())
-    });
-}
-
 #[test]
 fn the_aof_and_the_replication_stream_carry_effects_with_absolute_deadlines_and_tokens() {
     let mut master = Server::config()
@@ -309,8 +248,12 @@ fn the_aof_and_the_replication_stream_carry_effects_with_absolute_deadlines_and_
         .arg("appendfsync", "always")
         .arg("aof-use-rdb-preamble", "no")
         .start();
+    // `always`: an applied effect is in the file before the replica
+    // acknowledges it (with `everysec`, Redis may hold the write back while
+    // a background fsync runs).
     let mut replica = Server::config()
         .arg("appendonly", "yes")
+        .arg("appendfsync", "always")
         .arg("aof-use-rdb-preamble", "no")
         .start();
     replica.replicate_from(&master);
@@ -332,13 +275,13 @@ fn the_aof_and_the_replication_stream_carry_effects_with_absolute_deadlines_and_
     let (_, b2, a2) = timed(&mut || acquire(&mut m, "k", "a", 50_000));
     let (_, b3, a3) = timed(&mut || Some(renew(&mut m, "k", "a", 40_000)));
     release(&mut m, "k", "a").unwrap();
-    let waiter = spawn_waiter(&master, "k", "w", 30_000, 20_000);
+    let waiter = spawn_waiter(&master, "k", "w", 30_000, 120_000);
     wait_waiters(&mut m, 1);
     let (_, b5, a5) = timed(&mut || release(&mut m, "k", "a"));
-    let t2 = waiter.join().unwrap().unwrap().unwrap();
+    let t2 = waiter.join().unwrap().unwrap();
     let (t3, b6, a6) = timed(&mut || acquire(&mut m, "e", "a", 300));
     let t3 = t3.unwrap();
-    wait_gone(&mut m, "e", Duration::from_millis(300 + 2_000));
+    wait_gone(&mut m, "e");
     assert_eq!(force_release(&mut m, "k"), 1);
     synced(&mut m, 1);
 
@@ -426,27 +369,21 @@ fn a_partial_resync_brings_the_effects_the_replica_missed() {
     replica.pause();
     let partial_before = info_int(&mut m, "stats", "sync_partial_ok");
     let full_before = info_int(&mut m, "stats", "sync_full");
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query(&mut m)
-        .unwrap();
-    assert_eq!(killed, 1);
+    cut_replica_link(&mut m);
 
     acquire(&mut m, "reenter", "a", 60_000).unwrap();
     assert_eq!(renew(&mut m, "renew", "a", 120_000), 1);
     assert_eq!(release(&mut m, "release", "a"), Some(0));
     assert_eq!(force_release(&mut m, "force"), 1);
-    let waiter = spawn_waiter(&master, "handoff", "w", 60_000, 20_000);
+    let waiter = spawn_waiter(&master, "handoff", "w", 60_000, 120_000);
     wait_waiters(&mut m, 1);
     assert_eq!(release(&mut m, "handoff", "a"), Some(0));
-    let handed = waiter.join().unwrap().unwrap().unwrap();
+    let handed = waiter.join().unwrap().unwrap();
     let fresh = acquire(&mut m, "fresh", "c", 60_000).unwrap();
-    wait_gone(&mut m, "expire", Duration::from_millis(500 + 2_000));
+    wait_gone(&mut m, "expire");
 
     replica.resume();
-    wait_for("a partial resync", Duration::from_secs(15), || {
+    wait_for("a partial resync", PATIENCE, || {
         (info_int(&mut m, "stats", "sync_partial_ok") > partial_before).then_some(())
     });
     synced(&mut m, 1);
@@ -482,10 +419,12 @@ fn a_full_resync_transfers_the_locks_by_rdb() {
         }
         keys.push(key);
     }
-    acquire(&mut m, "short", "s", 2_500).unwrap();
+    // Long for now (the syncs take what they take); it is made short once
+    // the replicas have it.
+    acquire(&mut m, "short", "s", 600_000).unwrap();
     keys.push("short".into());
     // A client waits on the master while the replicas sync.
-    let waiter = spawn_waiter(&master, "k1", "w", 60_000, 30_000);
+    let waiter = spawn_waiter(&master, "k1", "w", 60_000, 300_000);
     wait_waiters(&mut m, 1);
 
     // One replica by an RDB file on disk, one by a diskless transfer loaded
@@ -512,8 +451,9 @@ fn a_full_resync_transfers_the_locks_by_rdb() {
 
     // Later effects reach them as well: a hand-off and an expiry.
     assert_eq!(release(&mut m, "k1", "owner-1"), Some(0));
-    let handed = waiter.join().unwrap().unwrap().unwrap();
-    wait_gone(&mut m, "short", Duration::from_millis(2_500 + 2_000));
+    let handed = waiter.join().unwrap().unwrap();
+    assert_eq!(renew(&mut m, "short", "s", 300), 1);
+    wait_gone(&mut m, "short");
     synced(&mut m, 2);
     for r in &mut replicas {
         assert_mirrored(&mut m, r, "k1");
@@ -524,61 +464,61 @@ fn a_full_resync_transfers_the_locks_by_rdb() {
 
 #[test]
 fn a_restarted_replica_reloads_its_copy_and_catches_up() {
-    let master = Server::start();
-    let mut replica = Server::config()
-        .arg("appendonly", "yes")
-        .arg("replicaof", &format!("127.0.0.1 {}", master.port))
-        .start();
-    replica.wait_replication_link();
-    // After the initial sync the replica rewrites its AOF; until that is
-    // done a crash would lose what it received (Redis's rule, not ours).
-    wait_aof_settled(&mut replica.conn());
-    let mut m = master.conn();
-    let t = acquire(&mut m, "long", "a", 60_000).unwrap();
-    acquire(&mut m, "long", "a", 60_000).unwrap();
-    acquire(&mut m, "released", "a", 60_000).unwrap();
-    acquire(&mut m, "short", "a", 2_000).unwrap();
-    let short_deadline = std::time::Instant::now() + Duration::from_millis(2_000);
-    synced(&mut m, 1);
-    let long_digest = digest(&mut m, "long");
+    // `short` must still be live when the replica is killed (it reloads it
+    // from its AOF) and over when it restarts: an attempt that was too slow
+    // for its lease proves nothing, and the next one uses a longer lease.
+    until_conclusive(|attempt| {
+        let short_ms = lease_ms(2_000, attempt);
+        let master = Server::start();
+        let mut replica = replica_with_aof(&master);
+        let mut m = master.conn();
+        let t = acquire(&mut m, "long", "a", 600_000).unwrap();
+        acquire(&mut m, "long", "a", 600_000).unwrap();
+        acquire(&mut m, "released", "a", 600_000).unwrap();
+        let short = lock::grant_timed(&mut m, "short", "a", short_ms);
+        synced(&mut m, 1);
+        let long_digest = digest(&mut m, "long");
 
-    // The replica crashes; the master goes on without it.
-    replica.kill9();
-    assert_eq!(release(&mut m, "released", "a"), Some(0));
-    let during = acquire(&mut m, "during", "b", 60_000).unwrap();
+        // The replica crashes; the master goes on without it.
+        replica.kill9();
+        before("the replica's crash", Instant::now(), short.earliest)?;
+        assert_eq!(release(&mut m, "released", "a"), Some(0));
+        let during = acquire(&mut m, "during", "b", 600_000).unwrap();
 
-    // The master freezes; the replica restarts (as a replica, from its
-    // config) and loads its AOF but cannot sync yet.
-    master.pause();
-    std::thread::sleep(short_deadline.saturating_duration_since(std::time::Instant::now()));
-    std::thread::sleep(Duration::from_millis(300));
-    replica.restart();
-    let mut r = replica.conn();
-    let i = lock::info(&mut r, "long").unwrap();
-    assert_eq!((i.owner.as_str(), i.holds, i.token), ("a", 2, t));
-    assert_eq!(
-        digest(&mut r, "long"),
-        long_digest,
-        "same absolute deadline"
-    );
-    assert!(
-        exists(&mut r, "short"),
-        "a restarted replica does not expire leases itself"
-    );
-    assert_eq!(lock::info(&mut r, "short"), None, "nor shows a passed one");
-    assert!(exists(&mut r, "released"), "the release is still to come");
+        // The master freezes; the replica restarts (as a replica, from its
+        // config) and loads its AOF but cannot sync yet.
+        master.pause();
+        std::thread::sleep(short.latest.saturating_duration_since(Instant::now()));
+        std::thread::sleep(Duration::from_millis(300));
+        replica.restart();
+        let mut r = replica.conn();
+        let i = lock::info(&mut r, "long").unwrap();
+        assert_eq!((i.owner.as_str(), i.holds, i.token), ("a", 2, t));
+        assert_eq!(
+            digest(&mut r, "long"),
+            long_digest,
+            "same absolute deadline"
+        );
+        assert!(
+            exists(&mut r, "short"),
+            "a restarted replica does not expire leases itself"
+        );
+        assert_eq!(lock::info(&mut r, "short"), None, "nor shows a passed one");
+        assert!(exists(&mut r, "released"), "the release is still to come");
 
-    // The master is back: the replica catches up.
-    master.resume();
-    replica.wait_replication_link();
-    wait_gone(&mut m, "short", Duration::from_secs(3));
-    synced(&mut m, 1);
-    for key in ["long", "released", "short", "during"] {
-        assert_mirrored(&mut m, &mut r, key);
-    }
-    assert_eq!(lock::info(&mut r, "during").unwrap().token, during);
-    assert!(!exists(&mut r, "released") && !exists(&mut r, "short"));
-    assert_eq!(stat(&mut r, "expired"), 0);
+        // The master is back: the replica catches up.
+        master.resume();
+        replica.wait_replication_link();
+        wait_gone(&mut m, "short");
+        synced(&mut m, 1);
+        for key in ["long", "released", "short", "during"] {
+            assert_mirrored(&mut m, &mut r, key);
+        }
+        assert_eq!(lock::info(&mut r, "during").unwrap().token, during);
+        assert!(!exists(&mut r, "released") && !exists(&mut r, "short"));
+        assert_eq!(stat(&mut r, "expired"), 0);
+        Ok(())
+    });
 }
 
 #[test]
@@ -612,31 +552,38 @@ fn writes_on_a_read_only_replica_are_refused_with_readonly() {
 
 #[test]
 fn a_replica_never_expires_leases_itself_but_never_shows_a_passed_one() {
-    let (master, replica) = pair();
-    let mut m = master.conn();
-    let mut r = replica.conn();
-    acquire(&mut m, "k", "a", 2_000).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_millis(2_000);
-    synced(&mut m, 1);
-    let before = digest(&mut r, "k");
-    assert!(lock::info(&mut r, "k").is_some());
+    // The master must be frozen before the lease ends (else its deletion
+    // reaches the replica): an attempt too slow for that proves nothing, and
+    // the next one uses a longer lease.
+    until_conclusive(|attempt| {
+        let (master, replica) = pair();
+        let mut m = master.conn();
+        let mut r = replica.conn();
+        let lease = lock::grant_timed(&mut m, "k", "a", lease_ms(2_000, attempt));
+        synced(&mut m, 1);
+        let before_pause = digest(&mut r, "k");
+        let shown = lock::info(&mut r, "k").is_some();
 
-    // The master freezes: no deletion can reach the replica.
-    master.pause();
-    std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
-    // Well past the deadline, so any timer of the replica had its chance.
-    std::thread::sleep(Duration::from_millis(1_500));
-    assert_eq!(lock::info(&mut r, "k"), None, "a passed lease is not shown");
-    assert!(exists(&mut r, "k"), "the key is still there");
-    let kind: String = redis::cmd("TYPE").arg("k").query(&mut r).unwrap();
-    assert_eq!(kind, "fencelock");
-    assert_eq!(digest(&mut r, "k"), before, "untouched");
-    assert_eq!(stat(&mut r, "expired"), 0);
+        // The master freezes: no deletion can reach the replica.
+        master.pause();
+        before("the master's freeze", Instant::now(), lease.earliest)?;
+        assert!(shown, "the replica shows the live lease");
+        std::thread::sleep(lease.latest.saturating_duration_since(Instant::now()));
+        // Well past the deadline, so any timer of the replica had its chance.
+        std::thread::sleep(Duration::from_millis(1_500));
+        assert_eq!(lock::info(&mut r, "k"), None, "a passed lease is not shown");
+        assert!(exists(&mut r, "k"), "the key is still there");
+        let kind: String = redis::cmd("TYPE").arg("k").query(&mut r).unwrap();
+        assert_eq!(kind, "fencelock");
+        assert_eq!(digest(&mut r, "k"), before_pause, "untouched");
+        assert_eq!(stat(&mut r, "expired"), 0);
 
-    // The master's deletion arrives once it runs again.
-    master.resume();
-    wait_gone(&mut r, "k", Duration::from_secs(5));
-    assert_eq!(stat(&mut m, "expired"), 1);
+        // The master's deletion arrives once it runs again.
+        master.resume();
+        wait_gone(&mut r, "k");
+        assert_eq!(stat(&mut m, "expired"), 1);
+        Ok(())
+    });
 }
 
 #[test]
@@ -651,7 +598,7 @@ fn a_replica_of_a_replica_gets_the_effects_too() {
     acquire(&mut m, "gone", "a", 60_000).unwrap();
     assert_eq!(release(&mut m, "gone", "a"), Some(0));
     // WAIT counts direct replicas only: poll the sub-replica.
-    wait_for("the chain to deliver", Duration::from_secs(5), || {
+    wait_for("the chain to deliver", PATIENCE, || {
         (lock::info(&mut s, "k").map(|i| i.holds) == Some(2)).then_some(())
     });
     assert_mirrored(&mut m, &mut s, "k");

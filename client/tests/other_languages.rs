@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::Server;
+use testkit::{Server, PATIENCE};
 
 fn client_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -148,15 +148,14 @@ fn lock_info_is_nil(server: &Server, key: &str) -> bool {
 #[test]
 fn python_watchdog_keeps_a_short_lease_through_longer_work_and_releases() {
     let server = Server::start();
-    let mut child = python(server.port, "py", 600, 2.0);
+    // 1.5 s, renewed every 0.5 s, 4 s of work: a renewal may fail or take
+    // up to 0.7 s on a slow, loaded machine before the example gives up.
+    let mut child = python(server.port, "py", 1_500, 4.0);
     let out = lines(&mut child);
-    assert!(next_line(&out, Duration::from_secs(20)).starts_with("acquired token="));
+    assert!(next_line(&out, PATIENCE).starts_with("acquired token="));
     assert!(!lock_info_is_nil(&server, "py"));
-    assert_eq!(
-        next_line(&out, Duration::from_secs(10)),
-        "done; released=True"
-    );
-    assert_eq!(exit_code(&mut child, Duration::from_secs(5)), 0);
+    assert_eq!(next_line(&out, PATIENCE), "done; released=True");
+    assert_eq!(exit_code(&mut child, PATIENCE), 0);
     assert!(lock_info_is_nil(&server, "py"));
     let mut conn = server.conn();
     assert!(testkit::info_int(&mut conn, "lock", "lock_renewals") >= 3);
@@ -166,28 +165,30 @@ fn python_watchdog_keeps_a_short_lease_through_longer_work_and_releases() {
 #[test]
 fn python_watchdog_reports_a_force_release() {
     let server = Server::start();
-    let mut child = python(server.port, "py", 600, 30.0);
+    // 3 s: renewals (every second) may fail for 2.4 s before the example
+    // gives up by its local deadline.
+    let mut child = python(server.port, "py", 3_000, 60.0);
     let out = lines(&mut child);
-    assert!(next_line(&out, Duration::from_secs(20)).starts_with("acquired token="));
+    assert!(next_line(&out, PATIENCE).starts_with("acquired token="));
     assert_eq!(server.cli_stdout(&["LOCK.FORCERELEASE", "py"]), "1");
     assert_eq!(
-        next_line(&out, Duration::from_secs(3)),
+        next_line(&out, PATIENCE),
         "lost: the server says the lock is not held"
     );
-    assert_eq!(exit_code(&mut child, Duration::from_secs(5)), 1);
+    assert_eq!(exit_code(&mut child, PATIENCE), 1);
 }
 
 #[test]
 fn python_watchdog_reports_loss_by_the_local_deadline_when_the_server_stops() {
     let server = Server::start();
     let ttl = Duration::from_millis(600);
-    let mut child = python(server.port, "py", 600, 30.0);
+    let mut child = python(server.port, "py", 600, 60.0);
     let out = lines(&mut child);
-    assert!(next_line(&out, Duration::from_secs(20)).starts_with("acquired token="));
+    assert!(next_line(&out, PATIENCE).starts_with("acquired token="));
     std::thread::sleep(Duration::from_millis(300));
     server.pause();
-    let line = next_line(&out, ttl + Duration::from_secs(2));
+    let line = next_line(&out, ttl + PATIENCE);
     server.resume();
     assert_eq!(line, "lost: no renewal confirmed before the local deadline");
-    assert_eq!(exit_code(&mut child, Duration::from_secs(5)), 1);
+    assert_eq!(exit_code(&mut child, PATIENCE), 1);
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::{admin, info, lock_stat, ms, until_info};
-use testkit::Server;
+use testkit::{Server, PATIENCE};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -102,17 +102,17 @@ async fn killing_the_holder_hands_the_lock_to_the_waiter_after_about_the_ttl() {
     let server = Server::start();
     let url = server.url();
     let mut admin = admin(&server).await;
-    let ttl = ms(300);
+    // Renewed every 333 ms: a renewal may take over half a second on a
+    // slow, loaded machine before the holder gives the lease up.
+    let ttl = ms(1_000);
 
-    let mut holder = Example::start(CONTEND, &[&url, "shared", "300"]);
-    let waiting = holder
-        .line_with("waiting for", Duration::from_secs(20))
-        .await;
+    let mut holder = Example::start(CONTEND, &[&url, "shared", "1000"]);
+    let waiting = holder.line_with("waiting for", PATIENCE).await;
     let holder_owner = waiting.rsplit(' ').next().unwrap().to_string();
-    let acquired = holder.line_with("acquired", Duration::from_secs(10)).await;
+    let acquired = holder.line_with("acquired", PATIENCE).await;
     let holder_token: u64 = field(&acquired, "token").parse().unwrap();
 
-    // A 300 ms lease held for 3 s by the other process: its watchdog renews it.
+    // A 1 s lease held for 3 s by the other process: its watchdog renews it.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
         let held = info(&mut admin, "shared").await.expect("held by the child");
@@ -123,31 +123,20 @@ async fn killing_the_holder_hands_the_lock_to_the_waiter_after_about_the_ttl() {
         sleep(ms(50)).await;
     }
 
-    let mut waiter = Example::start(CONTEND, &[&url, "shared", "300"]);
-    waiter
-        .line_with("waiting for", Duration::from_secs(20))
-        .await;
-    until_info(
-        &mut admin,
-        "shared",
-        "the waiter to queue",
-        Duration::from_secs(5),
-        |i| i.as_ref().is_some_and(|i| i.waiters == 1),
-    )
+    let mut waiter = Example::start(CONTEND, &[&url, "shared", "1000"]);
+    waiter.line_with("waiting for", PATIENCE).await;
+    until_info(&mut admin, "shared", "the waiter to queue", PATIENCE, |i| {
+        i.as_ref().is_some_and(|i| i.waiters == 1)
+    })
     .await;
 
     holder.kill9();
     let killed_at = Instant::now();
-    let handed = waiter
-        .line_with("acquired", ttl + Duration::from_secs(3))
-        .await;
+    let handed = waiter.line_with("acquired", ttl + PATIENCE).await;
     let took = killed_at.elapsed();
     let waiter_token: u64 = field(&handed, "token").parse().unwrap();
     assert!(waiter_token > holder_token);
-    assert!(
-        took < ttl + Duration::from_secs(3),
-        "hand-off took {took:?}"
-    );
+    assert!(took < ttl + testkit::EXPIRY_SLACK, "hand-off took {took:?}");
     // Nobody released it: the lease expired and the server handed it over.
     assert_eq!(lock_stat(&mut admin, "lock_releases").await, 0);
     assert!(lock_stat(&mut admin, "lock_expired").await >= 1);
@@ -159,12 +148,12 @@ async fn the_long_job_example_outlives_its_ttl() {
     let server = Server::start();
     let url = server.url();
     let mut admin = admin(&server).await;
-    // A 300 ms lease, 1.5 s of work.
-    let mut job = Example::start(LONG_JOB, &[&url, "300", "1500"]);
-    job.line_with("acquired", Duration::from_secs(20)).await;
-    job.line_with("done; released=true", Duration::from_secs(10))
-        .await;
-    let status = job.exit_status(Duration::from_secs(5)).await;
+    // A 1 s lease (renewed every 333 ms: a renewal may take over half a
+    // second on a slow, loaded machine), 3 s of work.
+    let mut job = Example::start(LONG_JOB, &[&url, "1000", "3000"]);
+    job.line_with("acquired", PATIENCE).await;
+    job.line_with("done; released=true", PATIENCE).await;
+    let status = job.exit_status(PATIENCE).await;
     assert!(status.success(), "long_job exited with {status}");
     assert_eq!(info(&mut admin, "example:long-job").await, None);
     assert!(lock_stat(&mut admin, "lock_renewals").await >= 3);

@@ -12,7 +12,7 @@ use std::ops::RangeInclusive;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{info_field, wait_for, Server};
+use crate::{info_field, wait_for, Server, PATIENCE};
 
 /// Number of hash slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -276,11 +276,11 @@ impl Cluster {
     /// node as healthy, all agree on who serves which slot, and every live
     /// replica is in sync with its master.
     pub fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + 2 * PATIENCE;
         loop {
             let Some(why) = self.unhealthy() else { return };
             if Instant::now() > deadline {
-                panic!("cluster not healthy after 60 s: {why}");
+                panic!("cluster not healthy after {:?}: {why}", 2 * PATIENCE);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

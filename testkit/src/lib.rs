@@ -12,15 +12,20 @@
 )]
 
 pub mod cluster;
+pub mod hostile;
 pub mod lock;
+pub mod replication;
 pub mod sentinel;
+pub mod timing;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use timing::{until_conclusive, EXPIRY_SLACK, PATIENCE};
 
 /// The path of the module's shared library: `$FENCELOCK_MODULE`, or the
 /// release build, or the debug build of this workspace (the Makefile builds
@@ -210,7 +215,7 @@ impl Server {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -232,7 +237,7 @@ impl Server {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "redis-server on port {} did not answer within 20 s; log:\n{}",
+                    "redis-server on port {} did not answer within {PATIENCE:?}; log:\n{}",
                     self.port,
                     self.log()
                 );
@@ -270,9 +275,11 @@ impl Server {
     pub fn conn(&self) -> redis::Connection {
         let c = self
             .client()
-            .get_connection_with_timeout(Duration::from_secs(5))
+            .get_connection_with_timeout(Duration::from_secs(10))
             .expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(30)))
+        // Longer than any wait a test asks the server for (`WAIT` for
+        // replicas, blocking commands) so that the server's answer decides.
+        c.set_read_timeout(Some(PATIENCE + Duration::from_secs(30)))
             .expect("timeout");
         c
     }
@@ -282,7 +289,7 @@ impl Server {
         let url = format!("redis://127.0.0.1:{}/?protocol=resp3", self.port);
         redis::Client::open(url)
             .expect("client")
-            .get_connection_with_timeout(Duration::from_secs(5))
+            .get_connection_with_timeout(Duration::from_secs(10))
             .expect("connect")
     }
 
@@ -368,7 +375,8 @@ impl Server {
         let mode = if save { "SAVE" } else { "NOSAVE" };
         let _ = self.cli(&["SHUTDOWN", mode]);
         if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(20);
+            // A saving shutdown writes the whole dataset first.
+            let deadline = Instant::now() + PATIENCE;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
                     return;
@@ -414,7 +422,7 @@ impl Server {
 
     /// Waits until `INFO replication` says `master_link_status:up`.
     pub fn wait_replication_link(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + PATIENCE;
         let mut c = self.conn();
         loop {
             let info: String = redis::cmd("INFO")
@@ -484,4 +492,29 @@ pub fn info_int(conn: &mut redis::Connection, section: &str, field: &str) -> i64
     info_field(&info, field)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("INFO {section} has no integer field {field}:\n{info}"))
+}
+
+/// Wall-clock Unix time in milliseconds (the clock the module's absolute
+/// deadlines use).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// `DBSIZE` of the selected database.
+pub fn dbsize(conn: &mut impl redis::ConnectionLike) -> i64 {
+    redis::cmd("DBSIZE").query(conn).expect("DBSIZE")
+}
+
+/// Waits until a server with `appendonly yes` has its AOF on and no AOF
+/// rewrite running or scheduled (a replica turns its AOF off during a sync
+/// and rewrites it afterwards; until then a crash loses what it received).
+pub fn wait_aof_settled(conn: &mut redis::Connection) {
+    wait_for("the AOF rewrite to finish", PATIENCE, || {
+        let busy = info_int(conn, "persistence", "aof_rewrite_in_progress")
+            + info_int(conn, "persistence", "aof_rewrite_scheduled");
+        (busy == 0 && info_int(conn, "persistence", "aof_enabled") == 1).then_some(())
+    });
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, info_field, wait_for, Server};
+use crate::{free_port, info_field, wait_for, Server, PATIENCE};
 
 /// The name Sentinel knows the master by.
 pub const MASTER_NAME: &str = "m";
@@ -61,15 +61,13 @@ impl Sentinel {
             dir,
             child: Some(child),
         };
-        wait_for("sentinel to answer", Duration::from_secs(20), || {
+        wait_for("sentinel to answer", PATIENCE, || {
             let mut c = s.try_conn()?;
             redis::cmd("PING").query::<String>(&mut c).ok()
         });
-        wait_for(
-            "sentinel to know the master's replicas",
-            Duration::from_secs(30),
-            || (s.replicas().len() >= replicas).then_some(()),
-        );
+        wait_for("sentinel to know the master's replicas", PATIENCE, || {
+            (s.replicas().len() >= replicas).then_some(())
+        });
         s
     }
 
@@ -131,11 +129,12 @@ impl Sentinel {
             .collect()
     }
 
-    /// `SENTINEL FAILOVER m`, asked again (a bounded number of times) while
-    /// Sentinel answers that it cannot start one yet.
+    /// `SENTINEL FAILOVER m`, asked again (every 200 ms, for at most
+    /// [`PATIENCE`]) while Sentinel answers that it cannot start one yet.
     pub fn failover(&self) {
         let mut last = String::new();
-        for _attempt in 0..50 {
+        let until = Instant::now() + PATIENCE;
+        while Instant::now() < until {
             let mut c = self.conn();
             match redis::cmd("SENTINEL")
                 .arg("FAILOVER")
