@@ -9,7 +9,8 @@
 //! lease); the second waits in the server's FIFO queue. Ctrl-C releases the
 //! lock, and the waiter gets it at once. `kill -9` the holder instead:
 //! nothing releases the lock, but nothing renews it either, so after ≈ ttl
-//! the server expires the lease and hands the lock to the waiter.
+//! the server expires the lease and hands the lock to the waiter. Before it
+//! queues, a process prints who holds the lock (`Lock::info`).
 
 use std::time::Duration;
 
@@ -28,6 +29,12 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(url.as_str()).await?;
     let lock = client.lock(&key);
     println!("pid {pid} waiting for {key} as {}", lock.owner());
+    if let Some(holder) = lock.info().await? {
+        println!(
+            "pid {pid} sees {key} held by {} ({} waiting, {:?} of its lease left)",
+            holder.owner, holder.waiters, holder.ttl
+        );
+    }
     let options = AcquireOptions::new().ttl(ttl).wait(Wait::Forever);
     let guard = lock.acquire(options).await?.ok_or("not granted")?;
     println!("pid {pid} acquired {key} token={}", guard.token());

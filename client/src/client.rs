@@ -1,33 +1,23 @@
-//! [`Client`]: the connection(s), the client's random id, and the numbering
-//! of lock handles.
+//! [`Client`]: the connections, the client's random id, and the numbering
+//! of lock handles; [`ClientBuilder`]: how a client over a connection of your
+//! own is put together.
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisResult};
 use uuid::Uuid;
 
+use crate::connection::{connector, Connection, Connections, Connector};
 use crate::error::Error;
 use crate::lock::Lock;
 
-/// What the client needs from a connection: the async connection trait of
-/// the `redis` crate, cheap to clone and shareable between tasks, e.g.
-/// [`ConnectionManager`] (one server, reconnects) or
-/// `redis::cluster_async::ClusterConnection` (Redis Cluster).
-pub trait Connection: ConnectionLike + Clone + Send + Sync + 'static {}
-
-impl<C: ConnectionLike + Clone + Send + Sync + 'static> Connection for C {}
-
-type Connector<C> =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
-
-/// A lock client: one random UUID, one shared connection, and the lock
-/// handles taken from it. Cheap to clone (clones share the UUID and the
-/// handle counter).
+/// A lock client: one random UUID, its connections, and the lock handles
+/// taken from it. Cheap to clone (clones share the UUID and the handle
+/// counter).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), fencelock_client::Error> {
@@ -35,80 +25,110 @@ type Connector<C> =
 /// let lock = client.lock("jobs:nightly");
 /// # Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Client<C> {
-    pub(crate) inner: Arc<ClientInner<C>>,
+    inner: Arc<ClientInner<C>>,
 }
 
-pub(crate) struct ClientInner<C> {
-    /// Renewals, releases and non-blocking acquires go over this one.
-    pub conn: C,
+struct ClientInner<C> {
+    connections: Arc<Connections<C>>,
     id: Uuid,
-    next_handle: Arc<AtomicU64>,
-    /// Opens a dedicated connection for an acquire that may block on the
-    /// server.
-    wait_connector: Option<Connector<C>>,
-}
-
-impl<C> Clone for Client<C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
+    next_handle: AtomicU64,
 }
 
 impl<C> fmt::Debug for Client<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("id", &self.inner.id)
-            .field("wait_connections", &self.inner.wait_connector.is_some())
+            .field("wait_connections", &self.inner.connections.has_dedicated())
             .finish_non_exhaustive()
     }
 }
 
-impl<C: Connection> Client<C> {
-    /// A client over `conn`, with a new random UUID.
-    ///
-    /// Every command goes over `conn`, including acquires that block on the
-    /// server (a [`Wait`](crate::Wait) other than `No`, or
-    /// [`replicas`](crate::AcquireOptions::replicas)). A blocked command
-    /// holds up everything queued behind it on the same connection —
-    /// including the renewals of this client's other locks — and must not be
-    /// cut short by the connection's response timeout; so when you use
-    /// waiting or durable acquires, also call
-    /// [`with_wait_connections`](Self::with_wait_connections) (as
-    /// [`Client::connect`] does).
-    pub fn new(conn: C) -> Self {
-        Self {
-            inner: Arc::new(ClientInner {
-                conn,
-                id: Uuid::new_v4(),
-                next_handle: Arc::new(AtomicU64::new(0)),
-                wait_connector: None,
-            }),
-        }
-    }
+/// Puts a [`Client`] together over a connection of your own; from
+/// [`Client::builder`]. The connections are fixed when the client is built,
+/// so every lock handle taken from it uses them.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use fencelock_client::Client;
+/// use redis::cluster::ClusterClient;
+///
+/// let cluster = ClusterClient::new(vec!["redis://127.0.0.1:7000/"])?;
+/// let client = Client::builder(cluster.get_async_connection().await?)
+///     .wait_connections(move || {
+///         let cluster = cluster.clone();
+///         async move { cluster.get_async_connection().await }
+///     })
+///     .build();
+/// # Ok(()) }
+/// ```
+#[must_use = "call build() to get the client"]
+pub struct ClientBuilder<C> {
+    conn: C,
+    wait_connector: Option<Connector<C>>,
+}
 
+impl<C> fmt::Debug for ClientBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("wait_connections", &self.wait_connector.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Connection> ClientBuilder<C> {
     /// Opens a dedicated connection with `connect` for each acquire that may
-    /// block on the server, and closes it afterwards. Give it a connection
-    /// without a response timeout (or one longer than your waits and replica
-    /// timeouts), e.g. `ConnectionManagerConfig::new().set_response_timeout(None)`.
-    /// Call it before taking lock handles: handles keep the client they were
-    /// taken from.
-    pub fn with_wait_connections<F, Fut>(self, connect: F) -> Self
+    /// block on the server (a [`Wait`](crate::Wait) other than `No`, or
+    /// [`replicas`](crate::AcquireOptions::replicas)), and closes it
+    /// afterwards, so that the blocked command holds up nothing else —
+    /// least of all the renewals of the client's other locks. Give it a
+    /// connection without a response timeout (or one longer than your waits
+    /// and replica timeouts), e.g.
+    /// `ConnectionManagerConfig::new().set_response_timeout(None)`.
+    ///
+    /// Without it, every command goes over the shared connection, including
+    /// the blocking ones, which then also run into that connection's
+    /// response timeout.
+    pub fn wait_connections<F, Fut>(mut self, connect: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = RedisResult<C>> + Send + 'static,
     {
-        let connector: Connector<C> = Arc::new(move || Box::pin(connect()));
-        Self {
+        self.wait_connector = Some(connector(connect));
+        self
+    }
+
+    /// The client, with a new random UUID.
+    pub fn build(self) -> Client<C> {
+        Client {
             inner: Arc::new(ClientInner {
-                conn: self.inner.conn.clone(),
-                id: self.inner.id,
-                next_handle: Arc::clone(&self.inner.next_handle),
-                wait_connector: Some(connector),
+                connections: Arc::new(Connections::new(self.conn, self.wait_connector)),
+                id: Uuid::new_v4(),
+                next_handle: AtomicU64::new(0),
             }),
         }
+    }
+}
+
+impl<C: Connection> Client<C> {
+    /// A builder for a client over `conn` (renewals, releases, reads and
+    /// acquires that do not block go over it); add
+    /// [`wait_connections`](ClientBuilder::wait_connections) when you use
+    /// waiting or durable acquires.
+    pub fn builder(conn: C) -> ClientBuilder<C> {
+        ClientBuilder {
+            conn,
+            wait_connector: None,
+        }
+    }
+
+    /// A client over `conn` alone, with a new random UUID:
+    /// `Client::builder(conn).build()`. Every command goes over `conn`,
+    /// including acquires that block on the server; see
+    /// [`ClientBuilder::wait_connections`] for why you may want more.
+    pub fn new(conn: C) -> Self {
+        Self::builder(conn).build()
     }
 
     /// The client's random UUID, the first part of every owner string.
@@ -123,36 +143,112 @@ impl<C: Connection> Client<C> {
     pub fn lock(&self, key: impl AsRef<[u8]>) -> Lock<C> {
         let n = self.inner.next_handle.fetch_add(1, Ordering::Relaxed) + 1;
         let owner = format!("{}:{n}", self.inner.id);
-        Lock::new(Arc::clone(&self.inner), key.as_ref().to_vec(), owner)
-    }
-}
-
-impl<C: Connection> ClientInner<C> {
-    /// The connection for an acquire that may block on the server.
-    pub(crate) async fn blocking_connection(&self) -> Result<C, Error> {
-        match &self.wait_connector {
-            Some(connect) => Ok(connect().await?),
-            None => Ok(self.conn.clone()),
-        }
+        Lock::new(
+            Arc::clone(&self.inner.connections),
+            key.as_ref().to_vec(),
+            owner,
+        )
     }
 }
 
 impl Client<ConnectionManager> {
     /// Connects to one server: a [`ConnectionManager`] (reconnects by
-    /// itself; the `redis` crate's default response timeout) for renewals
-    /// and releases, and a dedicated one without response timeout for each
-    /// waiting or durable acquire.
+    /// itself; the `redis` crate's default response timeout) for renewals,
+    /// releases and reads, and a dedicated one without response timeout for
+    /// each waiting or durable acquire. Add `?protocol=resp3` to the URL for
+    /// RESP3.
     pub async fn connect(info: impl IntoConnectionInfo) -> Result<Self, Error> {
         let redis_client = redis::Client::open(info)?;
         let conn = redis_client.get_connection_manager().await?;
-        Ok(Self::new(conn).with_wait_connections(move || {
-            let redis_client = redis_client.clone();
-            async move {
-                let config = ConnectionManagerConfig::new().set_response_timeout(None);
-                redis_client
-                    .get_connection_manager_with_config(config)
-                    .await
-            }
-        }))
+        Ok(Self::builder(conn)
+            .wait_connections(move || {
+                let redis_client = redis_client.clone();
+                async move {
+                    let config = ConnectionManagerConfig::new().set_response_timeout(None);
+                    redis_client
+                        .get_connection_manager_with_config(config)
+                        .await
+                }
+            })
+            .build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use crate::mock::{ms, Answer, Mock};
+    use crate::{AcquireOptions, Client, Error, Wait};
+
+    #[tokio::test(start_paused = true)]
+    async fn the_builder_gives_acquires_that_may_block_a_dedicated_connection() {
+        let mock = Mock::granting();
+        let (client, opened) = mock.client_with_wait_connections();
+        assert!(format!("{client:?}").contains("wait_connections: true"));
+        let lock = client.lock("k");
+        let guard = lock.acquire(AcquireOptions::new()).await.unwrap().unwrap();
+        assert!(guard.release().await.unwrap());
+        assert_eq!(opened.load(Ordering::SeqCst), 0, "no wait: shared");
+        let options = AcquireOptions::new().wait(Wait::For(ms(100)));
+        let guard = lock.acquire(options).await.unwrap().unwrap();
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        assert!(guard.release().await.unwrap());
+        // Handles taken later use the same connections.
+        let later = client.clone().lock("other");
+        let guard = later
+            .acquire(AcquireOptions::new().wait(Wait::Forever))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+        assert!(guard.release().await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dedicated_connection_that_cannot_be_opened_fails_the_acquire() {
+        let mock = Mock::granting();
+        let client = Client::builder(mock.clone())
+            .wait_connections(|| async {
+                Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "refused",
+                )))
+            })
+            .build();
+        let lock = client.lock("k");
+        let failed = lock
+            .acquire(AcquireOptions::new().wait(Wait::Forever))
+            .await;
+        assert!(matches!(failed, Err(Error::Redis(_))), "{failed:?}");
+        assert!(mock.log().is_empty(), "nothing was sent");
+        // An acquire that does not block still goes over the shared one.
+        assert!(lock.try_acquire().await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_wait_connections_everything_goes_over_the_one_connection() {
+        let mock = Mock::granting();
+        mock.on("LOCK.ACQUIRE", [Answer::Late(ms(10), 7)]);
+        let client = Client::builder(mock.clone()).build();
+        assert!(format!("{client:?}").contains("wait_connections: false"));
+        let guard = client
+            .lock("k")
+            .acquire(AcquireOptions::new().wait(Wait::Forever))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(mock.log(), ["LOCK.ACQUIRE"]);
+        assert!(guard.release().await.unwrap());
+    }
+
+    #[test]
+    fn handles_get_distinct_owners_under_the_client_id() {
+        let client = Mock::granting().client();
+        let (a, b) = (client.lock("k"), client.clone().lock("k"));
+        let id = client.id().to_string();
+        assert_eq!(a.owner(), format!("{id}:1"));
+        assert_eq!(b.owner(), format!("{id}:2"));
+        assert_ne!(Mock::granting().client().id(), client.id());
     }
 }

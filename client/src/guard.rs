@@ -4,21 +4,24 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::client::Connection;
 use crate::commands::show;
+use crate::connection::Connection;
 use crate::error::{Error, LeaseLost};
+use crate::handle::Handle;
 use crate::lease::Lease;
-use crate::lock::Handle;
 
 /// A granted lock. While it lives, its watchdog (if on) renews the lease.
 ///
 /// - [`token`](Self::token): the fencing token, to pass along with every
 ///   write the lock protects.
-/// - [`lost`](Self::lost): completes as soon as the lease is known lost.
+/// - [`lost`](Self::lost): completes as soon as the lease is known lost;
+///   [`remaining`](Self::remaining): how long it is still known held.
 /// - [`release`](Self::release): gives the lock back and says whether it was
 ///   still held. Dropping the guard stops the watchdog at once and releases
 ///   in the background (on the current tokio runtime).
@@ -98,6 +101,18 @@ impl<C: Connection> Guard<C> {
         self.lost_rx.borrow().is_some()
     }
 
+    /// How long the lease is still known to be held, as the client counts
+    /// it: the time to the local deadline (the send time of the last
+    /// confirmed request + ttl − safety margin), without asking the server.
+    /// Each confirmed renewal moves it forward; it is zero once the lease is
+    /// lost. The server's own view (its remaining ttl) is in
+    /// [`Lock::info`](crate::Lock::info).
+    pub fn remaining(&self) -> Duration {
+        self.lease
+            .as_ref()
+            .map_or(Duration::ZERO, |lease| lease.remaining(Instant::now()))
+    }
+
     /// Releases this hold: stops the watchdog (if this was the lease's last
     /// guard), then sends `LOCK.RELEASE`. Returns whether the lock was
     /// still held by this owner. A guard whose lease was lost sends nothing
@@ -108,12 +123,6 @@ impl<C: Connection> Guard<C> {
         match self.detach() {
             Some(job) => job.run().await,
             None => Ok(false),
-        }
-    }
-
-    pub(crate) fn lease_lost(&self, reason: LeaseLost) {
-        if let Some(lease) = &self.lease {
-            lease.lose(reason);
         }
     }
 
@@ -171,7 +180,7 @@ impl<C: Connection> ReleaseJob<C> {
             // Lost while this release waited for its turn.
             return Ok(false);
         }
-        let mut conn = h.client.conn.clone();
+        let mut conn = h.conn();
         match h.release_once(&mut conn).await? {
             None => {
                 self.lease.lose(LeaseLost::NotHeld);
@@ -196,15 +205,25 @@ impl<C: Connection> ReleaseJob<C> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::time::sleep;
 
-    use crate::mock::{Answer, Mock};
+    use crate::mock::{ms, Answer, Mock};
     use crate::{AcquireOptions, LeaseLost};
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
+    #[tokio::test(start_paused = true)]
+    async fn remaining_is_the_time_to_the_local_deadline_and_zero_once_lost() {
+        let mock = Mock::granting();
+        let guard = mock.guard(AcquireOptions::new()).await;
+        // ttl 300 ms − margin 30 ms, from the acquire's send.
+        assert_eq!(guard.remaining(), ms(270));
+        sleep(ms(50)).await;
+        assert_eq!(guard.remaining(), ms(220));
+        // The renewal sent at 100 ms was confirmed: 100 + 270 − 150.
+        sleep(ms(100)).await;
+        assert_eq!(guard.remaining(), ms(220));
+        mock.on("LOCK.RENEW", [Answer::Int(0)]);
+        assert_eq!(guard.lost().await, LeaseLost::NotHeld);
+        assert_eq!(guard.remaining(), ms(0));
     }
 
     #[tokio::test(start_paused = true)]

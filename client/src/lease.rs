@@ -10,6 +10,7 @@
 //! `s + ttl − margin` comes before that.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -41,6 +42,13 @@ struct State {
     ended: bool,
     lost: Option<LeaseLost>,
     watchdog: Option<AbortHandle>,
+}
+
+impl State {
+    /// Neither ended nor lost.
+    fn live(&self) -> bool {
+        !self.ended && self.lost.is_none()
+    }
 }
 
 /// What [`Lease::detach`] found.
@@ -84,8 +92,7 @@ impl Lease {
 
     /// Held as far as the client knows: not lost, not ended.
     pub fn is_live(&self) -> bool {
-        let s = self.state();
-        !s.ended && s.lost.is_none()
+        self.state().live()
     }
 
     /// Why it was lost, if it was.
@@ -98,6 +105,17 @@ impl Lease {
         self.state().deadline
     }
 
+    /// How long from `now` the lease is still known to be held: until the
+    /// local deadline; zero once lost or ended.
+    pub fn remaining(&self, now: Instant) -> Duration {
+        let s = self.state();
+        if s.live() {
+            s.deadline.saturating_duration_since(now)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// The send time of the request that last confirmed the lease.
     pub fn confirmed_at(&self) -> Instant {
         self.state().confirmed_at
@@ -108,7 +126,7 @@ impl Lease {
     /// not shorten it, and a later one cannot be shorter with a fixed ttl).
     pub fn confirm(&self, sent: Instant) {
         let mut s = self.state();
-        if s.ended || s.lost.is_some() {
+        if !s.live() {
             return;
         }
         let deadline = sent + self.params.confirmed_for();
@@ -124,7 +142,7 @@ impl Lease {
     pub fn attach(&self, sent: Instant) -> bool {
         {
             let mut s = self.state();
-            if s.ended || s.lost.is_some() {
+            if !s.live() {
                 return false;
             }
             s.guards += 1;
@@ -138,7 +156,7 @@ impl Lease {
     /// whether this call marked it.
     pub fn lose(&self, reason: LeaseLost) -> bool {
         let mut s = self.state();
-        if s.ended || s.lost.is_some() {
+        if !s.live() {
             return false;
         }
         s.lost = Some(reason);
@@ -153,7 +171,7 @@ impl Lease {
     /// Records the watchdog task so that the end of the lease stops it.
     pub fn set_watchdog(&self, task: AbortHandle) {
         let mut s = self.state();
-        if s.ended || s.lost.is_some() {
+        if !s.live() {
             task.abort();
         } else {
             s.watchdog = Some(task);
@@ -204,6 +222,32 @@ mod tests {
         // A late reply to an older request never moves it back.
         lease.confirm(t0 + Duration::from_millis(50));
         assert_eq!(lease.deadline(), t0 + Duration::from_millis(370));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_counts_down_to_the_deadline_and_is_zero_once_lost_or_ended() {
+        let t0 = Instant::now();
+        let lease = Lease::new(1, params(), t0);
+        assert_eq!(lease.remaining(t0), Duration::from_millis(270));
+        assert_eq!(
+            lease.remaining(t0 + Duration::from_millis(200)),
+            Duration::from_millis(70)
+        );
+        assert_eq!(
+            lease.remaining(t0 + Duration::from_millis(300)),
+            Duration::ZERO
+        );
+        lease.confirm(t0 + Duration::from_millis(100));
+        assert_eq!(
+            lease.remaining(t0 + Duration::from_millis(300)),
+            Duration::from_millis(70)
+        );
+        lease.lose(LeaseLost::Unconfirmed);
+        assert_eq!(lease.remaining(t0), Duration::ZERO);
+
+        let ended = Lease::new(2, params(), t0);
+        ended.detach();
+        assert_eq!(ended.remaining(t0), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

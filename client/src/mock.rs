@@ -1,13 +1,14 @@
 //! A scripted in-memory connection for unit tests: each command name has a
 //! list of answers (the last one repeats), and every request is logged with
-//! its (tokio, possibly paused) time.
+//! its arguments and its (tokio, possibly paused) time.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::time::Instant;
 
 use crate::client::Client;
@@ -24,6 +25,32 @@ pub(crate) enum Answer {
     Hang,
     /// The integer after a delay.
     Late(Duration, i64),
+    /// Any reply.
+    Reply(Value),
+}
+
+/// Milliseconds.
+pub(crate) fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `LOCK.INFO`'s fields as the module sends them (names as simple strings,
+/// the owner as a bulk string, the rest integers): `owner` with `holds`
+/// holds, 9987 ms left, token 7, one waiter.
+pub(crate) fn info_fields(owner: &str, holds: i64) -> Vec<(Value, Value)> {
+    let name = |s: &str| Value::SimpleString(s.into());
+    vec![
+        (name("owner"), Value::BulkString(owner.as_bytes().to_vec())),
+        (name("holds"), Value::Int(holds)),
+        (name("ttl"), Value::Int(9987)),
+        (name("token"), Value::Int(7)),
+        (name("waiters"), Value::Int(1)),
+    ]
+}
+
+/// Field/value pairs as a RESP2 flat array.
+pub(crate) fn flat(pairs: Vec<(Value, Value)>) -> Value {
+    Value::Array(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect())
 }
 
 #[derive(Clone, Default)]
@@ -34,7 +61,8 @@ pub(crate) struct Mock {
 #[derive(Default)]
 struct MockState {
     script: HashMap<String, Vec<Answer>>,
-    log: Vec<(Instant, String)>,
+    /// When each request was sent, and its arguments (the name first).
+    log: Vec<(Instant, Vec<String>)>,
 }
 
 impl Mock {
@@ -56,23 +84,55 @@ impl Mock {
 
     /// The times at which `command` was sent.
     pub fn sent(&self, command: &str) -> Vec<Instant> {
+        self.requests(command).into_iter().map(|(t, _)| t).collect()
+    }
+
+    /// The arguments (after the name) of each `command` sent.
+    pub fn args(&self, command: &str) -> Vec<Vec<String>> {
+        self.requests(command)
+            .into_iter()
+            .map(|(_, args)| args)
+            .collect()
+    }
+
+    fn requests(&self, command: &str) -> Vec<(Instant, Vec<String>)> {
         let s = self.state.lock().unwrap();
         s.log
             .iter()
-            .filter(|(_, c)| c == command)
-            .map(|(t, _)| *t)
+            .filter(|(_, args)| args.first().is_some_and(|name| name == command))
+            .map(|(t, args)| (*t, args.iter().skip(1).cloned().collect()))
             .collect()
     }
 
     /// The command names, in order.
     pub fn log(&self) -> Vec<String> {
         let s = self.state.lock().unwrap();
-        s.log.iter().map(|(_, c)| c.clone()).collect()
+        s.log
+            .iter()
+            .map(|(_, args)| args.first().cloned().unwrap_or_default())
+            .collect()
     }
 
     /// A client over this mock (no dedicated wait connections).
     pub fn client(&self) -> Client<Mock> {
         Client::new(self.clone())
+    }
+
+    /// A client over this mock whose dedicated wait connections are this
+    /// mock too, and the count of those opened.
+    pub fn client_with_wait_connections(&self) -> (Client<Mock>, Arc<AtomicUsize>) {
+        let opened = Arc::new(AtomicUsize::new(0));
+        let client = Client::builder(self.clone())
+            .wait_connections({
+                let (mock, opened) = (self.clone(), Arc::clone(&opened));
+                move || {
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    let mock = mock.clone();
+                    async move { Ok(mock) }
+                }
+            })
+            .build();
+        (client, opened)
     }
 
     /// Acquires `k` through a new handle with a 300 ms ttl and `options`.
@@ -86,48 +146,66 @@ impl Mock {
     }
 }
 
+impl Mock {
+    /// Logs `cmd` and takes its scripted answer.
+    fn answer(&self, cmd: &Cmd) -> Option<Answer> {
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<other>".into(),
+            })
+            .collect();
+        let name = args.first().cloned().unwrap_or_default();
+        let mut s = self.state.lock().unwrap();
+        s.log.push((Instant::now(), args));
+        let answers = s.script.entry(name).or_default();
+        if answers.len() > 1 {
+            Some(answers.remove(0))
+        } else {
+            answers.first().cloned()
+        }
+    }
+}
+
+/// The reply an answer stands for (no script: a connection error).
+async fn reply(answer: Option<Answer>) -> RedisResult<Value> {
+    match answer {
+        Some(Answer::Int(n)) => Ok(Value::Int(n)),
+        Some(Answer::Nil) => Ok(Value::Nil),
+        Some(Answer::Reply(v)) => Ok(v),
+        Some(Answer::Late(d, n)) => {
+            tokio::time::sleep(d).await;
+            Ok(Value::Int(n))
+        }
+        Some(Answer::Hang) => std::future::pending().await,
+        Some(Answer::Fail) | None => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "mock: connection reset",
+        )
+        .into()),
+    }
+}
+
 impl ConnectionLike for Mock {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let name = match cmd.args_iter().next() {
-            Some(redis::Arg::Simple(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => String::new(),
-        };
-        let answer = {
-            let mut s = self.state.lock().unwrap();
-            s.log.push((Instant::now(), name.clone()));
-            let answers = s.script.entry(name).or_default();
-            if answers.len() > 1 {
-                Some(answers.remove(0))
-            } else {
-                answers.first().cloned()
-            }
-        };
-        Box::pin(async move {
-            match answer {
-                Some(Answer::Int(n)) => Ok(Value::Int(n)),
-                Some(Answer::Nil) => Ok(Value::Nil),
-                Some(Answer::Late(d, n)) => {
-                    tokio::time::sleep(d).await;
-                    Ok(Value::Int(n))
-                }
-                Some(Answer::Hang) => std::future::pending().await,
-                Some(Answer::Fail) | None => Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "mock: connection reset",
-                )
-                .into()),
-            }
-        })
+        let answer = self.answer(cmd);
+        Box::pin(reply(answer))
     }
 
+    /// A pipeline (not a transaction): its commands one after the other.
     fn req_packed_commands<'a>(
         &'a mut self,
-        _pipeline: &'a Pipeline,
+        pipeline: &'a Pipeline,
         _offset: usize,
         _count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async {
-            Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "mock: no pipelines").into())
+        Box::pin(async move {
+            let mut replies = Vec::new();
+            for cmd in pipeline.cmd_iter() {
+                replies.push(reply(self.answer(cmd)).await?);
+            }
+            Ok::<_, redis::RedisError>(replies)
         })
     }
 

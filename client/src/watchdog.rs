@@ -10,15 +10,14 @@
 
 use std::sync::Arc;
 
-use redis::Value;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, warn};
 
-use crate::client::Connection;
-use crate::commands::{self, show};
-use crate::error::{Error, LeaseLost};
+use crate::commands::show;
+use crate::connection::Connection;
+use crate::error::LeaseLost;
+use crate::handle::Handle;
 use crate::lease::Lease;
-use crate::lock::Handle;
 
 /// Starts the lease's watchdog task on `runtime`.
 pub(crate) fn spawn<C: Connection>(
@@ -35,7 +34,7 @@ async fn run<C: Connection>(lease: Arc<Lease>, handle: Arc<Handle<C>>) {
     let key = show(&handle.key).into_owned();
     let owner = handle.owner.as_str();
     let token = lease.token;
-    let mut conn = handle.client.conn.clone();
+    let mut conn = handle.conn();
     let mut next = lease.confirmed_at() + p.renew_every;
     let mut failures = 0u32;
     loop {
@@ -65,25 +64,18 @@ async fn run<C: Connection>(lease: Arc<Lease>, handle: Arc<Handle<C>>) {
         // The deadline counts from the moment the request is sent: the
         // server cannot start the renewed lease before receiving it.
         let sent = Instant::now();
-        let renew = commands::renew(&handle.key, owner, p.ttl_ms());
         let reply = timeout_at(
             (sent + p.renew_every).min(deadline),
-            renew.query_async::<Value>(&mut conn),
+            handle.renew(&mut conn, p.ttl_ms()),
         )
         .await;
-        let outcome = match reply {
-            Ok(Ok(v)) => commands::renewed(v),
-            // The key now holds another type: the lock was overwritten.
-            Ok(Err(e)) if e.code() == Some("WRONGTYPE") => Ok(false),
-            Ok(Err(e)) => Err(Error::Redis(e)),
-            Err(_) => {
-                // No answer in time (server stopped, network cut): try again
-                // at once on a fresh request; the deadline decides.
-                failures += 1;
-                debug!(%key, %owner, token, failures, "renewal got no reply in time");
-                next = Instant::now();
-                continue;
-            }
+        let Ok(outcome) = reply else {
+            // No answer in time (server stopped, network cut): try again at
+            // once on a fresh request; the deadline decides.
+            failures += 1;
+            debug!(%key, %owner, token, failures, "renewal got no reply in time");
+            next = Instant::now();
+            continue;
         };
         match outcome {
             Ok(true) => {
@@ -115,16 +107,10 @@ async fn run<C: Connection>(lease: Arc<Lease>, handle: Arc<Handle<C>>) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::time::{sleep, Instant};
 
-    use crate::mock::{Answer, Mock};
+    use crate::mock::{ms, Answer, Mock};
     use crate::{AcquireOptions, LeaseLost};
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
 
     #[tokio::test(start_paused = true)]
     async fn renews_every_third_of_the_ttl() {

@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::ms;
 use fencelock_client::{AcquireOptions, Client, Error, LeaseLost, Wait};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use testkit::{info_field, wait_for, Server};
+use testkit::{info_field, wait_for, Server, PATIENCE};
 use tokio::time::{sleep, timeout, Instant};
 
 fn cluster_node() -> Server {
@@ -20,6 +18,12 @@ fn cluster_node() -> Server {
         .arg("cluster-enabled", "yes")
         .arg("cluster-node-timeout", "5000")
         .start()
+}
+
+/// A 1 s lease renewed every 100 ms: a renewal may take 800 ms on a slow,
+/// loaded machine before the guard gives the lease up.
+fn renewed() -> AcquireOptions {
+    AcquireOptions::new().ttl(ms(1_000)).renew_every(ms(100))
 }
 
 /// A primary with all 16384 slots and a replica of it.
@@ -35,35 +39,27 @@ fn one_shard_cluster() -> (Server, Server) {
         replica.cli_stdout(&["CLUSTER", "MEET", "127.0.0.1", &primary.port.to_string()]),
         "OK"
     );
-    wait_for(
-        "the replica to learn the primary",
-        Duration::from_secs(20),
-        || {
-            replica
-                .cli_stdout(&["CLUSTER", "NODES"])
-                .contains(&primary_id)
-                .then_some(())
-        },
-    );
+    wait_for("the replica to learn the primary", PATIENCE, || {
+        replica
+            .cli_stdout(&["CLUSTER", "NODES"])
+            .contains(&primary_id)
+            .then_some(())
+    });
     assert_eq!(
         replica.cli_stdout(&["CLUSTER", "REPLICATE", &primary_id]),
         "OK"
     );
     replica.wait_replication_link();
     for node in [&primary, &replica] {
-        wait_for("cluster_state:ok", Duration::from_secs(20), || {
+        wait_for("cluster_state:ok", PATIENCE, || {
             let info = node.cli_stdout(&["CLUSTER", "INFO"]);
             (info_field(&info, "cluster_state").as_deref() == Some("ok")).then_some(())
         });
     }
-    wait_for(
-        "the primary to list its replica",
-        Duration::from_secs(20),
-        || {
-            let info = primary.cli_stdout(&["INFO", "replication"]);
-            (info_field(&info, "connected_slaves").as_deref() == Some("1")).then_some(())
-        },
-    );
+    wait_for("the primary to list its replica", PATIENCE, || {
+        let info = primary.cli_stdout(&["INFO", "replication"]);
+        (info_field(&info, "connected_slaves").as_deref() == Some("1")).then_some(())
+    });
     (primary, replica)
 }
 
@@ -73,10 +69,12 @@ async fn cluster_client(primary: &Server) -> Client<ClusterConnection> {
         .get_async_connection()
         .await
         .expect("cluster connection");
-    Client::new(conn).with_wait_connections(move || {
-        let cluster = cluster.clone();
-        async move { cluster.get_async_connection().await }
-    })
+    Client::builder(conn)
+        .wait_connections(move || {
+            let cluster = cluster.clone();
+            async move { cluster.get_async_connection().await }
+        })
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,20 +83,16 @@ async fn the_client_works_over_a_cluster_connection() {
     let client = cluster_client(&primary).await;
     let other = cluster_client(&primary).await;
 
-    // Watchdog: a 300 ms lease held for 1.5 s.
+    // Watchdog: a 1 s lease held for 2.5 s.
     let lock = client.lock("{jobs}:nightly");
-    let guard = lock
-        .acquire(AcquireOptions::new().ttl(ms(300)))
-        .await
-        .unwrap()
-        .expect("granted");
+    let guard = lock.acquire(renewed()).await.unwrap().expect("granted");
     let inner = lock
         .acquire(AcquireOptions::new())
         .await
         .unwrap()
         .expect("re-entered");
     assert_eq!(guard.token(), inner.token());
-    sleep(ms(1500)).await;
+    sleep(ms(2500)).await;
     assert!(!guard.is_lost());
     assert!(inner.release().await.unwrap());
 
@@ -111,17 +105,19 @@ async fn the_client_works_over_a_cluster_connection() {
             waiter
                 .acquire(
                     AcquireOptions::new()
-                        .ttl(ms(600))
-                        .wait(Wait::For(Duration::from_secs(10))),
+                        .ttl(ms(3_000))
+                        .renew_every(ms(200))
+                        .wait(Wait::For(PATIENCE)),
                 )
                 .await
         }
     });
-    sleep(ms(1000)).await;
+    // Longer than the lease: renewals held up by the wait would lose it.
+    sleep(ms(2500)).await;
     assert!(!guard.is_lost(), "the wait held up the renewals");
     let first = guard.token();
     assert!(guard.release().await.unwrap());
-    let handed = timeout(Duration::from_secs(3), queued)
+    let handed = timeout(PATIENCE, queued)
         .await
         .expect("hand-off")
         .unwrap()
@@ -132,7 +128,7 @@ async fn the_client_works_over_a_cluster_connection() {
     // Durability: WAIT goes to the key's primary with the grant.
     let durable = client
         .lock("{jobs}:durable")
-        .acquire(AcquireOptions::new().replicas(1, Duration::from_secs(5)))
+        .acquire(AcquireOptions::new().replicas(1, PATIENCE))
         .await
         .unwrap()
         .expect("acknowledged by the replica");
@@ -165,8 +161,5 @@ async fn the_client_works_over_a_cluster_connection() {
         primary.cli_stdout(&["LOCK.FORCERELEASE", "{jobs}:nightly"]),
         "1"
     );
-    assert_eq!(
-        timeout(Duration::from_secs(3), lost).await.unwrap(),
-        LeaseLost::NotHeld
-    );
+    assert_eq!(timeout(PATIENCE, lost).await.unwrap(), LeaseLost::NotHeld);
 }
