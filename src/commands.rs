@@ -7,10 +7,13 @@ use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, 
 use crate::args::{self, ArgError, Wait};
 use crate::engine::{lock_in, Site};
 use crate::ffi;
-use crate::lock::{Lock, Released};
+use crate::lock::{Lock, Released, TokensExhausted};
 use crate::state::{self, now_ms};
 use crate::stats::{bump, STATS};
 use crate::waiting;
+
+/// The reply to a `LOCK.APPLY` whose values are out of range.
+const ERR_APPLY_RANGE: &str = "ERR LOCK.APPLY refused: owner 1..1024 bytes, holds >= 1, token <= 8070450532247928832, deadline-ms <= now + 31 days";
 
 /// Maps a parse failure to its reply.
 fn bad(e: ArgError) -> RedisError {
@@ -58,6 +61,7 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     match current {
         None => {
             let (token, others_wait) = state::with(|s| (s.tokens.next(now), !s.queues.is_empty()));
+            let token = token.map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
             site.store_grant(Lock::grant(req.owner, token, now, req.ttl_ms))?;
             bump(&STATS.grants);
             if others_wait {
@@ -225,17 +229,18 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let Some(name) = args.get(1) else {
         return Err(RedisError::WrongArity);
     };
-    state::with(|s| s.tokens.observe(req.token));
+    // The stream is checked like any other input: a value the commands
+    // could never have produced is refused, and nothing changes.
+    let lock = Lock::from_loaded(req.owner, req.holds, req.token, req.deadline_ms, now_ms())
+        .map_err(|why| {
+            ctx.log_warning(&format!("fencelock: refused LOCK.APPLY: {}", why.reason()));
+            RedisError::Str(ERR_APPLY_RANGE)
+        })?;
+    state::with(|s| s.tokens.observe(lock.token));
     let key = ctx.open_key_writable(name);
     if lock_in(&key).is_err() {
         key.delete()?;
     }
-    let lock = Lock {
-        owner: req.owner.into(),
-        holds: req.holds,
-        token: req.token,
-        deadline_ms: req.deadline_ms,
-    };
     key.set_value(&crate::datatype::LOCK_TYPE, lock)
         .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
     crate::datatype::on_stored();

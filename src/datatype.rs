@@ -1,70 +1,48 @@
 //! The `fencelock` data type: how a lock is stored in its key, saved to and
-//! loaded from RDB, rewritten into the AOF, and counted.
+//! loaded from RDB, rewritten into the AOF, and counted. The encoding and
+//! the checks a loaded value must pass are in `encoding`.
 //!
-//! Encoding version 1: owner (string), holds, token, deadline (Unix ms) as
-//! unsigned integers. A newer encoding than this build knows is refused
-//! (load fails cleanly instead of misreading data). The module-global aux
-//! field carries the highest fencing token issued, so a restart from RDB
-//! never reissues a token even if the clock went back.
+//! The module-global aux field carries the highest fencing token issued, so
+//! a restart from RDB never reissues a token even if the clock went back.
 
 use std::sync::atomic::Ordering;
 
 use redis_module::native_types::RedisType;
 
+use crate::encoding::{self, DecodeError, ENCODING_VERSION};
 use crate::ffi::{self, RdbReader, RdbWriter};
 use crate::lock::Lock;
-use crate::state;
+use crate::state::{self, now_ms};
 use crate::stats::STATS;
-
-/// Current encoding version of a lock value.
-pub const ENCODING_VERSION: i32 = 1;
 
 /// The data type; its name is exactly nine characters, as Redis requires.
 pub static LOCK_TYPE: RedisType =
     RedisType::new("fencelock", ENCODING_VERSION, ffi::type_methods());
 
-/// Reads one lock (`rdb_load`); `None` on a short read or unknown encoding.
-pub fn load(rdb: &RdbReader, encver: i32) -> Option<Lock> {
-    if encver != ENCODING_VERSION {
-        return None;
-    }
-    let owner = rdb.bytes()?;
-    let holds = rdb.u64()?;
-    let token = rdb.u64()?;
-    let deadline_ms = rdb.u64()?;
-    if owner.is_empty() || holds == 0 || token == 0 {
-        return None;
-    }
-    state::with(|s| s.tokens.observe(token));
+/// Reads one lock (`rdb_load`: RDB file, full sync, RESTORE). A value that
+/// is short, of an unknown encoding or out of range is refused: Redis then
+/// answers RESTORE with an error, or reports the file as corrupt.
+pub fn load(rdb: &mut RdbReader, encver: i32) -> Result<Lock, DecodeError> {
+    let lock = encoding::decode(rdb, encver, now_ms())?;
+    state::with(|s| s.tokens.observe(lock.token));
     on_stored();
-    Some(Lock {
-        owner: owner.into(),
-        holds,
-        token,
-        deadline_ms,
-    })
+    Ok(lock)
 }
 
 /// Writes one lock (`rdb_save`).
 pub fn save(rdb: &RdbWriter, lock: &Lock) {
-    rdb.bytes(&lock.owner);
-    rdb.u64(lock.holds);
-    rdb.u64(lock.token);
-    rdb.u64(lock.deadline_ms);
+    let (owner, holds, token, deadline_ms) = encoding::fields(lock);
+    rdb.bytes(owner);
+    rdb.u64(holds);
+    rdb.u64(token);
+    rdb.u64(deadline_ms);
 }
 
 /// Reads the module-global aux field: the highest token issued.
-pub fn aux_load(rdb: &RdbReader, encver: i32, _when: i32) -> bool {
-    if encver != ENCODING_VERSION {
-        return false;
-    }
-    match rdb.u64() {
-        Some(last) => {
-            state::with(|s| s.tokens.observe(last));
-            true
-        }
-        None => false,
-    }
+pub fn aux_load(rdb: &mut RdbReader, encver: i32, _when: i32) -> Result<(), DecodeError> {
+    let last = encoding::decode_aux(rdb, encver)?;
+    state::with(|s| s.tokens.observe(last));
+    Ok(())
 }
 
 /// Writes the module-global aux field.

@@ -15,7 +15,7 @@ use redis_module::{Context, ContextFlags, RedisError, RedisString};
 
 use crate::datatype::{self, LOCK_TYPE};
 use crate::ffi::{self, TimerKind, WaitOutcome};
-use crate::lock::Lock;
+use crate::lock::{Lock, TokensExhausted};
 use crate::queue::Waiter;
 use crate::state::{self, now_ms};
 use crate::stats::{bump, STATS};
@@ -27,6 +27,10 @@ const ERR_RETRY_ELSEWHERE: &str = "TRYAGAIN the lock was removed or moved to ano
 /// How many leases one run of the expiry timer removes at most before it
 /// yields to the event loop (it re-arms itself at once when more are due).
 const EXPIRY_BATCH: usize = 1000;
+
+/// While Redis pauses writes, the timers look again this often (the pause
+/// ends at a time Redis does not announce).
+const PAUSED_RETRY_MS: u64 = 10;
 
 /// Databases are looked for up to this number (Redis stops at `databases`).
 const MAX_DBS: i32 = 100_000;
@@ -108,7 +112,8 @@ impl<'a> Site<'a> {
         now_ms: u64,
     ) -> Result<(), RedisError> {
         state::with(|s| {
-            s.schedule.remove(lock_deadline_ms, lock_token);
+            s.schedule
+                .remove(lock_deadline_ms, lock_token, self.db, self.name.as_slice());
             s.deleting = true;
         });
         // The key is open; deleting through it keeps it open for a new value.
@@ -145,6 +150,14 @@ impl<'a> Site<'a> {
             ffi::unblock_client(w.id, WaitOutcome::Nil);
         }
         let (Some(first), Some(token)) = (h.granted, token) else {
+            return Ok(());
+        };
+        let Ok(token) = token else {
+            // No token left to issue: never repeat one; the waiters learn
+            // why (the lock stays free).
+            for w in std::iter::once(&first).chain(h.reentrant.iter()) {
+                ffi::unblock_client(w.id, WaitOutcome::Error(TokensExhausted::REPLY));
+            }
             return Ok(());
         };
         let mut lock = Lock::grant(&first.owner, token, now_ms, first.ttl_ms);
@@ -233,6 +246,13 @@ pub fn on_expiry_timer(ctx: &Context) {
         return;
     }
     let now = now_ms();
+    if ffi::writes_paused() {
+        // Nothing may be written or propagated during a pause: the leases
+        // stay due (reads never show them) and expire right after it.
+        let id = ffi::start_timer(ctx, PAUSED_RETRY_MS, TimerKind::Expiry);
+        state::with(|s| s.expiry_timer = id.map(|id| (id, now)));
+        return;
+    }
     let due = state::with(|s| s.schedule.pop_due(now, EXPIRY_BATCH));
     let more = due.len() == EXPIRY_BATCH;
     for lease in due {
@@ -385,6 +405,12 @@ fn arm_sweep_timer(ctx: &Context) {
 /// waiters, hand the free name to the first waiter, or answer the waiters
 /// with WRONGTYPE if the name now holds another type.
 pub fn on_sweep_timer(ctx: &Context) {
+    if is_master(ctx) && ffi::writes_paused() {
+        // Hand-offs write: they wait for the end of the pause.
+        let id = ffi::start_timer(ctx, PAUSED_RETRY_MS, TimerKind::Sweep);
+        state::with(|s| s.sweep_timer = id);
+        return;
+    }
     let keys: Vec<_> = state::with(|s| {
         s.sweep_timer = None;
         s.orphaned.drain().collect()

@@ -10,6 +10,7 @@
 use std::os::raw::{c_int, c_void};
 use std::ptr;
 
+use redis_module::logging::RedisLogLevel;
 use redis_module::{raw, Context, RedisString};
 
 use crate::{datatype, engine, waiting};
@@ -31,6 +32,32 @@ pub fn selected_db(ctx: &Context) -> i32 {
 pub fn select_db(ctx: &Context, db: i32) -> bool {
     match unsafe { raw::RedisModule_SelectDb } {
         Some(f) => unsafe { f(ctx.ctx, db) == OK },
+        None => false,
+    }
+}
+
+// ------------------------------------------------------------ module setup
+
+/// Asks Redis to report short reads in `rdb_load` as errors the module
+/// handles (`RESTORE` then fails, a file is reported corrupt) instead of
+/// aborting the server.
+pub fn handle_io_errors(ctx: &Context) -> bool {
+    match unsafe { raw::RedisModule_SetModuleOptions } {
+        Some(f) => {
+            unsafe { f(ctx.ctx, raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS as c_int) };
+            true
+        }
+        None => false,
+    }
+}
+
+/// True while Redis pauses writes (`CLIENT PAUSE`, `FAILOVER`, a manual
+/// `CLUSTER FAILOVER`, `SHUTDOWN` waiting for replicas): nothing may be
+/// written or propagated then (Redis 7.0 asserts it), as Redis itself
+/// holds back its own key expiry.
+pub fn writes_paused() -> bool {
+    match unsafe { raw::RedisModule_AvoidReplicaTraffic } {
+        Some(f) => unsafe { f() != 0 },
         None => false,
     }
 }
@@ -276,15 +303,15 @@ pub const fn type_methods() -> raw::RedisModuleTypeMethods {
 }
 
 /// Reading side of an RDB stream (a safe facade over `RedisModuleIO`).
+/// With `HANDLE_IO_ERRORS` set, a short read marks the stream as failed
+/// instead of aborting the server; every read checks that mark.
 pub struct RdbReader(*mut raw::RedisModuleIO);
 
-impl RdbReader {
-    /// An unsigned integer; `None` on a short read.
-    pub fn u64(&self) -> Option<u64> {
+impl crate::encoding::FieldSource for RdbReader {
+    fn u64(&mut self) -> Option<u64> {
         raw::load_unsigned(self.0).ok()
     }
-    /// A byte string; `None` on a short read.
-    pub fn bytes(&self) -> Option<Vec<u8>> {
+    fn bytes(&mut self) -> Option<Vec<u8>> {
         raw::load_string_buffer(self.0)
             .ok()
             .map(|b| b.as_ref().to_vec())
@@ -306,8 +333,21 @@ impl RdbWriter {
 }
 
 extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
-    let Some(lock) = datatype::load(&RdbReader(rdb), encver) else {
-        return ptr::null_mut();
+    let lock = match datatype::load(&mut RdbReader(rdb), encver) {
+        Ok(lock) => lock,
+        Err(e) => {
+            // Redis reports the key (RESTORE answers an error; a file or a
+            // full sync is reported as corrupt); say why here. A RESTORE
+            // can be sent by anyone, so it is not worth a warning each time.
+            let level = if engine::is_loading() {
+                RedisLogLevel::Warning
+            } else {
+                RedisLogLevel::Verbose
+            };
+            let why = format!("fencelock: refused a lock value: {e}");
+            redis_module::logging::log_io_error(rdb, level, &why);
+            return ptr::null_mut();
+        }
     };
     // Outside of loading this is RESTORE (e.g. MIGRATE into this node):
     // track the arriving lease under its key.
@@ -336,10 +376,13 @@ extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
 }
 
 extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int) -> c_int {
-    if datatype::aux_load(&RdbReader(rdb), encver, when) {
-        OK
-    } else {
-        ERR
+    match datatype::aux_load(&mut RdbReader(rdb), encver, when) {
+        Ok(()) => OK,
+        Err(e) => {
+            let why = format!("fencelock: refused the token field of the RDB file: {e}");
+            redis_module::logging::log_io_error(rdb, RedisLogLevel::Warning, &why);
+            ERR
+        }
     }
 }
 

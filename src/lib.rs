@@ -2,7 +2,8 @@
 //!
 //! The module table: commands, the data type, keyspace-event handling and
 //! start-up. Where things live:
-//! - `lock`, `schedule`, `queue`, `args`: the pure rules (no FFI, unit tests);
+//! - `lock`, `schedule`, `queue`, `args`, `encoding`: the pure rules (no
+//!   FFI, unit tests);
 //! - `commands`, `waiting`: the command layer;
 //! - `engine`: storing, expiring, replicating and announcing changes, and
 //!   reactions to timers, generic commands and role changes;
@@ -10,18 +11,19 @@
 //! - `ffi`: every `unsafe` call into Redis;
 //! - `state`, `stats`, `info`: module-global state and `INFO lock`.
 
-pub mod args;
-pub mod commands;
-pub mod datatype;
-pub mod engine;
-pub mod ffi;
-pub mod info;
-pub mod lock;
-pub mod queue;
-pub mod schedule;
-pub mod state;
-pub mod stats;
-pub mod waiting;
+mod args;
+mod commands;
+mod datatype;
+mod encoding;
+mod engine;
+mod ffi;
+mod info;
+mod lock;
+mod queue;
+mod schedule;
+mod state;
+mod stats;
+mod waiting;
 
 use redis_module::{redis_module, Context, RedisString, Status};
 
@@ -31,10 +33,15 @@ use crate::datatype::LOCK_TYPE;
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     // A panic aborts redis-server; make sure the reason reaches the log.
     std::panic::set_hook(Box::new(|info| {
-        let msg = format!("fencelock: panic: {info}");
+        // The log call takes a printf format: keep `%` literal.
+        let msg = format!("fencelock: panic: {info}").replace('%', "%%");
         redis_module::logging::log_warning(&msg);
         eprintln!("{msg}");
     }));
+    if !ffi::handle_io_errors(ctx) {
+        ctx.log_warning("fencelock: could not ask Redis to report RDB read errors to the module");
+        return Status::Err;
+    }
     if !ffi::subscribe_server_events(ctx) {
         ctx.log_warning("fencelock: could not subscribe to server events");
         return Status::Err;
