@@ -4,10 +4,10 @@
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../src/args.rs"]
+#[path = "../../src/rules/args.rs"]
 mod args;
 #[allow(dead_code)]
-#[path = "../../src/lock.rs"]
+#[path = "../../src/rules/lock.rs"]
 mod lock;
 
 use libfuzzer_sys::fuzz_target;

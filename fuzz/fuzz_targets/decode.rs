@@ -3,10 +3,10 @@
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../src/encoding.rs"]
+#[path = "../../src/rules/encoding.rs"]
 mod encoding;
 #[allow(dead_code)]
-#[path = "../../src/lock.rs"]
+#[path = "../../src/rules/lock.rs"]
 mod lock;
 
 use encoding::{FieldSource, SliceSource};

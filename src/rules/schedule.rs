@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::lock::FencingToken;
+use super::lock::FencingToken;
 
 /// Key names up to this many bytes are kept inside the schedule's entry
 /// (no allocation of their own); longer ones spill to the heap.
