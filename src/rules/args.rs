@@ -161,12 +161,6 @@ pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )]
     use super::*;
 
     fn v(s: &[&'static str]) -> Vec<&'static [u8]> {

@@ -106,12 +106,6 @@ impl FieldSource for SliceSource<'_> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )]
     use super::*;
     use crate::rules::lock::MAX_LOADED_TOKEN;
 
