@@ -31,7 +31,7 @@ pub fn init_role(ctx: &Context) {
 pub fn on_lock_restored(db: i32, key: &[u8], deadline_ms: u64, token: u64) {
     state::with(|s| {
         s.tokens.observe(token);
-        s.schedule.insert(deadline_ms, token, db, key);
+        s.track(deadline_ms, token, db, key);
     });
     expiry::ensure_armed_detached();
 }
@@ -107,7 +107,7 @@ fn track_relocated(ctx: &Context) {
                 .iter()
                 .filter(|l| wanted.get(&l.value) == Some(&l.token))
             {
-                s.schedule.insert(l.deadline_ms, l.token, db, &l.key);
+                s.track(l.deadline_ms, l.token, db, &l.key);
             }
         });
     });
@@ -213,7 +213,7 @@ fn rebuild_schedule(ctx: &Context) {
         state::with(|s| {
             for l in &found {
                 s.tokens.observe(l.token);
-                s.schedule.insert(l.deadline_ms, l.token, db, &l.key);
+                s.track(l.deadline_ms, l.token, db, &l.key);
             }
         });
     });

@@ -17,11 +17,15 @@ const EXPIRY_BATCH: usize = 1000;
 /// ends at a time Redis does not announce).
 pub const PAUSED_RETRY_MS: u64 = 10;
 
-/// Makes sure the expiry timer fires by the earliest tracked deadline:
-/// (re-)arms it unless it is already armed for that deadline or earlier.
-/// Every entry path that may have changed the schedule calls this once.
+/// Makes sure the expiry timer fires by the earliest tracked deadline.
+/// Every entry path that may have tracked a lease calls this once at its
+/// end; it costs nothing unless a lease earlier than the armed timer (or
+/// the first lease) was tracked.
 pub fn ensure_armed(ctx: &Context) {
     let plan = state::with(|s| {
+        if !std::mem::take(&mut s.arm_needed) {
+            return None;
+        }
         let next = s.schedule.next_deadline()?;
         match s.expiry_timer {
             Some((_, armed_for)) if armed_for <= next => None,
@@ -102,6 +106,8 @@ fn on_expiry_timer(ctx: &Context) {
         // Yield to clients, then go on at once.
         again_in(ctx, 0, now);
     } else {
+        // No timer is armed now: arm one for the next deadline, if any.
+        state::with(|s| s.arm_needed = true);
         ensure_armed(ctx);
     }
 }

@@ -97,7 +97,7 @@ impl<'a> LockKey<'a> {
             .set_value(&LOCK_TYPE, lock)
             .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
         metrics::lock_stored();
-        state::with(|s| s.schedule.insert(deadline_ms, token, self.db, self.name()));
+        state::with(|s| s.track(deadline_ms, token, self.db, self.name()));
         self.notify(c"lock.acquire");
         Ok(())
     }
@@ -107,7 +107,7 @@ impl<'a> LockKey<'a> {
     pub fn updated(&self, lock: &Lock, old_deadline_ms: u64) {
         if old_deadline_ms != lock.deadline_ms {
             state::with(|s| {
-                s.schedule.reschedule(
+                s.retrack(
                     old_deadline_ms,
                     lock.deadline_ms,
                     lock.token,

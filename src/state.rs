@@ -21,6 +21,10 @@ use crate::rules::queue::{QueueKey, WaitQueues};
 use crate::rules::schedule::Schedule;
 
 /// Everything the module keeps outside the keyspace.
+///
+/// Leases enter the schedule through [`State::track`] and
+/// [`State::retrack`], which note when the expiry timer must be re-armed
+/// for an earlier deadline; `expiry::ensure_armed` acts on that note.
 #[derive(Debug, Default)]
 pub struct State {
     /// Source of fencing tokens.
@@ -43,6 +47,40 @@ pub struct State {
     /// Set while the module deletes a lock itself (it hands the lock off
     /// itself; the unlink callback must not treat it as orphaned).
     pub deleting: bool,
+    /// A lease was tracked that the expiry timer, as armed, would fire
+    /// after (or no timer is armed).
+    pub arm_needed: bool,
+}
+
+impl State {
+    /// Tracks a lease in the schedule.
+    pub fn track(&mut self, deadline_ms: u64, token: u64, db: i32, key: &[u8]) {
+        self.schedule.insert(deadline_ms, token, db, key);
+        self.note_deadline(deadline_ms);
+    }
+
+    /// Moves a tracked lease to a new deadline (renewal, re-entry).
+    pub fn retrack(
+        &mut self,
+        old_deadline_ms: u64,
+        deadline_ms: u64,
+        token: u64,
+        db: i32,
+        key: &[u8],
+    ) {
+        self.schedule
+            .reschedule(old_deadline_ms, deadline_ms, token, db, key);
+        self.note_deadline(deadline_ms);
+    }
+
+    fn note_deadline(&mut self, deadline_ms: u64) {
+        if self
+            .expiry_timer
+            .is_none_or(|(_, armed_for)| deadline_ms < armed_for)
+        {
+            self.arm_needed = true;
+        }
+    }
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
