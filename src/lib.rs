@@ -1,53 +1,67 @@
 //! fencelock: native distributed locks for Redis.
 //!
-//! The module table: commands, the data type, keyspace-event handling and
-//! start-up. Where things live:
-//! - `lock`, `schedule`, `queue`, `args`: the pure rules (no FFI, unit tests);
-//! - `commands`, `waiting`: the command layer;
-//! - `engine`: storing, expiring, replicating and announcing changes, and
-//!   reactions to timers, generic commands and role changes;
-//! - `datatype`: the data type and its persistence;
-//! - `ffi`: every `unsafe` call into Redis;
-//! - `state`, `stats`, `info`: module-global state and `INFO lock`.
+//! The module table and start-up. The layers, each calling only downward
+//! (see docs/ARCHITECTURE.md):
+//! - `commands` — one thin function per command; `waiting` — blocked
+//!   acquirers; `expiry` — the lease timer; `events` — reactions to the
+//!   server (RESTORE, DEL/RENAME/FLUSH/SWAPDB, loading, role changes);
+//! - `key` — one lock key: the one place a change is stored, scheduled,
+//!   replicated and announced;
+//! - `datatype` — the `fencelock` type and its persistence;
+//! - `rules` — the pure lock rules (no FFI, unit tests);
+//! - `state` — all module-global state; `metrics` — counters, `INFO lock`;
+//! - `redis` — every `unsafe` call: `calls` down into Redis, `entry` for
+//!   the callbacks Redis makes on its own.
 
-pub mod args;
-pub mod commands;
-pub mod datatype;
-pub mod engine;
-pub mod ffi;
-pub mod info;
-pub mod lock;
-pub mod queue;
-pub mod schedule;
-pub mod state;
-pub mod stats;
-pub mod waiting;
+mod commands;
+mod datatype;
+mod events;
+mod expiry;
+mod key;
+mod metrics;
+mod redis;
+mod rules;
+mod state;
+mod waiting;
 
 use redis_module::{redis_module, Context, RedisString, Status};
 
 use crate::datatype::LOCK_TYPE;
+use crate::redis::{calls, entry};
+
+/// One start-up step and what to log when it fails.
+type InitStep = (fn(&Context) -> bool, &'static str);
 
 /// Runs once when Redis loads the module.
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     // A panic aborts redis-server; make sure the reason reaches the log.
     std::panic::set_hook(Box::new(|info| {
         let msg = format!("fencelock: panic: {info}");
-        redis_module::logging::log_warning(&msg);
+        // The log call takes a printf format: keep `%` literal.
+        redis_module::logging::log_warning(msg.replace('%', "%%"));
         eprintln!("{msg}");
     }));
-    if !ffi::subscribe_server_events(ctx) {
-        ctx.log_warning("fencelock: could not subscribe to server events");
-        return Status::Err;
+    let steps: [InitStep; 3] = [
+        (
+            calls::handle_io_errors,
+            "fencelock: could not ask Redis to report RDB read errors to the module",
+        ),
+        (
+            entry::register,
+            "fencelock: could not subscribe to server events or register INFO lock",
+        ),
+        (
+            calls::init_detached_context,
+            "fencelock: could not create a detached context",
+        ),
+    ];
+    for (step, failure) in steps {
+        if !step(ctx) {
+            ctx.log_warning(failure);
+            return Status::Err;
+        }
     }
-    if !ffi::init_detached_context(ctx) {
-        ctx.log_warning("fencelock: could not create a detached context");
-        return Status::Err;
-    }
-    if !ffi::register_info(ctx) {
-        ctx.log_warning("fencelock: could not register the INFO section");
-        return Status::Err;
-    }
-    engine::init_role(ctx);
+    events::init_role(ctx);
     ctx.log_notice("fencelock: loaded");
     Status::Ok
 }

@@ -1,17 +1,30 @@
-//! Module-global state: the token generator, the lease schedule, the wait
-//! queues and the ids of the module's timers. Redis runs every command,
-//! timer and event callback on its main thread, so the mutex is never
-//! contended; it exists to make the sharing explicit and sound.
+//! All module-global state, in one place.
+//!
+//! - [`State`]: the token generator, the lease schedule, the wait queues
+//!   and the module's timers, behind one mutex. Redis runs every command,
+//!   timer and event callback on its main thread, so the mutex is never
+//!   contended; it makes the sharing explicit and sound.
+//! - Flags read by callbacks that have no context to ask, or that may run
+//!   on a background thread (the data type's `free`): atomics.
+//! - The detached context, for timers armed from such callbacks.
 
 use std::collections::{HashMap, HashSet};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::lock::TokenGenerator;
-use crate::queue::{QueueKey, WaitQueues};
-use crate::schedule::Schedule;
+use redis_module::raw;
+
+use crate::rules::lock::TokenGenerator;
+use crate::rules::queue::{QueueKey, WaitQueues};
+use crate::rules::schedule::Schedule;
 
 /// Everything the module keeps outside the keyspace.
+///
+/// Leases enter the schedule through [`State::track`] and
+/// [`State::retrack`], which note when the expiry timer must be re-armed
+/// for an earlier deadline; `expiry::ensure_armed` acts on that note.
 #[derive(Debug, Default)]
 pub struct State {
     /// Source of fencing tokens.
@@ -34,6 +47,40 @@ pub struct State {
     /// Set while the module deletes a lock itself (it hands the lock off
     /// itself; the unlink callback must not treat it as orphaned).
     pub deleting: bool,
+    /// A lease was tracked that the expiry timer, as armed, would fire
+    /// after (or no timer is armed).
+    pub arm_needed: bool,
+}
+
+impl State {
+    /// Tracks a lease in the schedule.
+    pub fn track(&mut self, deadline_ms: u64, token: u64, db: i32, key: &[u8]) {
+        self.schedule.insert(deadline_ms, token, db, key);
+        self.note_deadline(deadline_ms);
+    }
+
+    /// Moves a tracked lease to a new deadline (renewal, re-entry).
+    pub fn retrack(
+        &mut self,
+        old_deadline_ms: u64,
+        deadline_ms: u64,
+        token: u64,
+        db: i32,
+        key: &[u8],
+    ) {
+        self.schedule
+            .reschedule(old_deadline_ms, deadline_ms, token, db, key);
+        self.note_deadline(deadline_ms);
+    }
+
+    fn note_deadline(&mut self, deadline_ms: u64) {
+        if self
+            .expiry_timer
+            .is_none_or(|(_, armed_for)| deadline_ms < armed_for)
+        {
+            self.arm_needed = true;
+        }
+    }
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -51,4 +98,65 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// True while Redis loads an RDB or AOF (or a full resync).
+static LOADING: AtomicBool = AtomicBool::new(false);
+
+/// True while this server is a master (kept from role-change events, for
+/// callbacks that have no context to ask).
+static MASTER: AtomicBool = AtomicBool::new(true);
+
+/// True while `State::relocated` may be non-empty (spares the data type's
+/// `free` callback the mutex in the common case).
+static RELOCATING: AtomicBool = AtomicBool::new(false);
+
+/// Whether Redis is loading data now.
+pub fn is_loading() -> bool {
+    LOADING.load(Ordering::Relaxed)
+}
+
+/// Loading started (`true`) or ended.
+pub fn set_loading(loading: bool) {
+    LOADING.store(loading, Ordering::Relaxed);
+}
+
+/// Whether this server was a master at the last role change.
+pub fn is_master_role() -> bool {
+    MASTER.load(Ordering::Relaxed)
+}
+
+/// Records the server's role.
+pub fn set_master_role(master: bool) {
+    MASTER.store(master, Ordering::Relaxed);
+}
+
+/// Whether lock values may be waiting to be found under a new name.
+pub fn relocating() -> bool {
+    RELOCATING.load(Ordering::Relaxed)
+}
+
+/// Says whether lock values may be waiting to be found under a new name.
+pub fn set_relocating(on: bool) {
+    RELOCATING.store(on, Ordering::Relaxed);
+}
+
+/// A context made once at load, for timers armed by callbacks that have no
+/// context of their own (the data type's unlink, RESTORE's `rdb_load`).
+static DETACHED: AtomicPtr<raw::RedisModuleCtx> = AtomicPtr::new(ptr::null_mut());
+
+/// Keeps the detached context.
+pub fn set_detached_context(ctx: *mut raw::RedisModuleCtx) {
+    DETACHED.store(ctx, Ordering::Release);
+}
+
+/// The detached context (null before the module's init made it).
+pub fn detached_context() -> *mut raw::RedisModuleCtx {
+    DETACHED.load(Ordering::Acquire)
+}
+
+/// True when this server is a master (leases are expired by masters only;
+/// a replica waits for the master's deletions).
+pub fn is_master(ctx: &redis_module::Context) -> bool {
+    ctx.get_flags().contains(redis_module::ContextFlags::MASTER)
 }

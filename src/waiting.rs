@@ -1,30 +1,35 @@
 //! Blocked acquirers (`LOCK.ACQUIRE ... WAIT`): blocking a client into its
 //! key's FIFO queue, and the four ways a wait ends — granted by a hand-off
-//! (see `engine::Site::hand_off`), timed out, unblocked by `CLIENT UNBLOCK`,
-//! or abandoned by a disconnect (`CLIENT KILL`, a closed socket, demotion).
+//! (`key::LockKey::hand_off`), timed out, unblocked by `CLIENT UNBLOCK`, or
+//! abandoned by a disconnect (`CLIENT KILL`, a closed socket, demotion).
 
-use redis_module::{Context, RedisResult, RedisValue};
+use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
-use crate::args::Acquire;
-use crate::engine::Site;
-use crate::ffi::{self, WaitOutcome};
-use crate::queue::Waiter;
+use crate::key::LockKey;
+use crate::metrics::{bump, STATS};
+use crate::redis::calls::{self, WaitHandlers, WaitOutcome};
+use crate::rules::args::Acquire;
+use crate::rules::queue::{Waiter, WaiterId};
 use crate::state;
-use crate::stats::{bump, STATS};
+
+/// What Redis's callbacks for a blocked acquirer do.
+static HANDLERS: WaitHandlers = WaitHandlers {
+    reply,
+    timed_out,
+    abandoned,
+};
 
 /// Blocks the client behind earlier waiters for the key. The reply comes
 /// later: the token when granted, nil when the wait times out.
 pub fn block(
     ctx: &Context,
-    site: &Site<'_>,
+    key: &LockKey<'_>,
     req: &Acquire<'_>,
     wait_ms: Option<u64>,
     now_ms: u64,
 ) -> RedisResult {
-    let Some(id) = ffi::block_client(ctx, wait_ms.unwrap_or(0)) else {
-        return Err(redis_module::RedisError::Str(
-            "ERR could not block the client",
-        ));
+    let Some(id) = calls::block_client(ctx, wait_ms.unwrap_or(0), &HANDLERS) else {
+        return Err(RedisError::Str("ERR could not block the client"));
     };
     let waiter = Waiter {
         id,
@@ -32,12 +37,12 @@ pub fn block(
         ttl_ms: req.ttl_ms,
         wait_deadline_ms: wait_ms.map(|ms| now_ms.saturating_add(ms)),
     };
-    state::with(|s| s.queues.push(site.db, site.name.as_slice(), waiter));
+    state::with(|s| s.queues.push(key.db(), key.name(), waiter));
     Ok(RedisValue::NoReply)
 }
 
 /// Writes a blocked client's reply.
-pub fn reply(ctx: &Context, outcome: WaitOutcome) {
+fn reply(ctx: &Context, outcome: WaitOutcome) {
     match outcome {
         WaitOutcome::Granted(token) => {
             ctx.reply(Ok(RedisValue::Integer(
@@ -55,7 +60,7 @@ pub fn reply(ctx: &Context, outcome: WaitOutcome) {
 
 /// The wait timed out (or `CLIENT UNBLOCK` without ERROR): leave the queue,
 /// answer nil.
-pub fn on_timeout(ctx: &Context, id: usize) {
+fn timed_out(ctx: &Context, id: WaiterId) {
     if state::with(|s| s.queues.remove(id)).is_some() {
         bump(&STATS.wait_timeouts);
     }
@@ -65,7 +70,7 @@ pub fn on_timeout(ctx: &Context, id: usize) {
 /// The waiting client is gone (disconnect, `CLIENT KILL`, `CLIENT UNBLOCK
 /// ... ERROR`, demotion): leave the queue so the lock is never handed to a
 /// client that cannot receive it.
-pub fn on_abandoned(id: usize) {
+fn abandoned(id: WaiterId) {
     if state::with(|s| s.queues.remove(id)).is_some() {
         bump(&STATS.wait_abandoned);
     }

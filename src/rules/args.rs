@@ -2,7 +2,7 @@
 //! bytes into typed requests, or into an error reply that starts with `ERR`.
 //! Plain Rust; nothing here touches the server.
 
-use crate::lock::{MAX_OWNER_LEN, MAX_TTL_MS};
+use super::lock::{MAX_OWNER_LEN, MAX_TTL_MS};
 
 /// A rejected command: the full error reply text (it starts with a code).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +27,6 @@ pub enum Wait {
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms]`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Acquire<'a> {
-    pub key: &'a [u8],
     pub owner: &'a [u8],
     pub ttl_ms: u64,
     pub wait: Wait,
@@ -36,7 +35,6 @@ pub struct Acquire<'a> {
 /// `LOCK.RENEW key owner ttl-ms`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Renew<'a> {
-    pub key: &'a [u8],
     pub owner: &'a [u8],
     pub ttl_ms: u64,
 }
@@ -44,7 +42,6 @@ pub struct Renew<'a> {
 /// `LOCK.RELEASE key owner`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Release<'a> {
-    pub key: &'a [u8],
     pub owner: &'a [u8],
 }
 
@@ -52,7 +49,6 @@ pub struct Release<'a> {
 /// of every change: the lock's whole state with an absolute deadline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Apply<'a> {
-    pub key: &'a [u8],
     pub owner: &'a [u8],
     pub holds: u64,
     pub token: u64,
@@ -89,10 +85,11 @@ fn parse_owner(raw: &[u8]) -> Result<&[u8], ArgError> {
     Ok(raw)
 }
 
-/// Parses the arguments after the command name.
+/// Parses the arguments after the command name (the key comes first; the
+/// command layer reads it from the argument list itself).
 pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, ArgError> {
-    let (key, owner, ttl, rest) = match args {
-        [key, owner, ttl, rest @ ..] => (*key, *owner, *ttl, rest),
+    let (owner, ttl, rest) = match args {
+        [_key, owner, ttl, rest @ ..] => (*owner, *ttl, rest),
         _ => return Err(ArgError::Arity),
     };
     let owner = parse_owner(owner)?;
@@ -108,7 +105,6 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, ArgError> {
         _ => return Err(ArgError::Invalid(ERR_OPTION)),
     };
     Ok(Acquire {
-        key,
         owner,
         ttl_ms,
         wait,
@@ -118,8 +114,7 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, ArgError> {
 /// Parses the arguments after the command name.
 pub fn renew<'a>(args: &[&'a [u8]]) -> Result<Renew<'a>, ArgError> {
     match args {
-        [key, owner, ttl] => Ok(Renew {
-            key,
+        [_key, owner, ttl] => Ok(Renew {
             owner: parse_owner(owner)?,
             ttl_ms: parse_ttl(ttl)?,
         }),
@@ -130,25 +125,25 @@ pub fn renew<'a>(args: &[&'a [u8]]) -> Result<Renew<'a>, ArgError> {
 /// Parses the arguments after the command name.
 pub fn release<'a>(args: &[&'a [u8]]) -> Result<Release<'a>, ArgError> {
     match args {
-        [key, owner] => Ok(Release {
-            key,
+        [_key, owner] => Ok(Release {
             owner: parse_owner(owner)?,
         }),
         _ => Err(ArgError::Arity),
     }
 }
 
-/// Parses the arguments after the command name (`FORCERELEASE`, `INFO`).
-pub fn key_only<'a>(args: &[&'a [u8]]) -> Result<&'a [u8], ArgError> {
+/// Parses the arguments after the command name (`FORCERELEASE`, `INFO`):
+/// the key alone.
+pub fn key_only(args: &[&[u8]]) -> Result<(), ArgError> {
     match args {
-        [key] => Ok(key),
+        [_key] => Ok(()),
         _ => Err(ArgError::Arity),
     }
 }
 
 /// Parses the arguments after the command name.
 pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
-    let [key, owner, holds, token, deadline] = args else {
+    let [_key, owner, holds, token, deadline] = args else {
         return Err(ArgError::Arity);
     };
     let owner = parse_owner(owner)?;
@@ -157,7 +152,6 @@ pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
         _ => Err(ArgError::Invalid(ERR_APPLY)),
     };
     Ok(Apply {
-        key,
         owner,
         holds: num(holds)?,
         token: num(token)?,
@@ -167,12 +161,6 @@ pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )]
     use super::*;
 
     fn v(s: &[&'static str]) -> Vec<&'static [u8]> {

@@ -187,12 +187,6 @@ impl WaitQueues {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )]
     use super::*;
 
     fn w(id: usize, owner: &str, deadline: Option<u64>) -> Waiter {

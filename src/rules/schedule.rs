@@ -3,15 +3,17 @@
 //! however many there are (an ordered map: O(log n) per change, the due
 //! ones popped in order).
 //!
-//! An entry names the lock by `(db, key)` and is identified by
-//! `(deadline_ms, token)`. Entries can go stale (the key was deleted,
-//! overwritten, flushed); the expiry path re-reads the key and acts only
-//! when the lock there still carries the same token and deadline, so a
-//! stale entry is harmless and never acts on the wrong key.
+//! An entry is the whole `(deadline_ms, token, db, key)`: two leases that
+//! share a deadline and a token (a lock `DUMP`ed and `RESTORE`d under a
+//! second name) are still two entries, so neither is lost or confused with
+//! the other. Entries can go stale (the key was deleted, overwritten,
+//! flushed); the expiry path re-reads the key and acts only when the lock
+//! there still carries the same token and deadline, so a stale entry is
+//! harmless and never acts on the wrong key.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-use crate::lock::FencingToken;
+use super::lock::FencingToken;
 
 /// Key names up to this many bytes are kept inside the schedule's entry
 /// (no allocation of their own); longer ones spill to the heap.
@@ -40,30 +42,32 @@ pub struct DueLease {
     pub at: LeaseRef,
 }
 
+/// One tracked lease; the order is the order of expiry.
+type Entry = (u64, FencingToken, i32, KeyName);
+
 /// All tracked leases, by deadline.
 #[derive(Debug, Default)]
 pub struct Schedule {
-    by_deadline: BTreeMap<(u64, FencingToken), LeaseRef>,
+    by_deadline: BTreeSet<Entry>,
+}
+
+fn entry(deadline_ms: u64, token: FencingToken, db: i32, key: &[u8]) -> Entry {
+    (deadline_ms, token, db, KeyName::from_slice(key))
 }
 
 impl Schedule {
-    /// Tracks a lease (replacing an entry with the same deadline and token).
+    /// Tracks a lease (once: the same lease twice is one entry).
     pub fn insert(&mut self, deadline_ms: u64, token: FencingToken, db: i32, key: &[u8]) {
-        self.by_deadline.insert(
-            (deadline_ms, token),
-            LeaseRef {
-                db,
-                key: KeyName::from_slice(key),
-            },
-        );
+        self.by_deadline.insert(entry(deadline_ms, token, db, key));
     }
 
     /// Stops tracking a lease; false when it was not tracked.
-    pub fn remove(&mut self, deadline_ms: u64, token: FencingToken) -> bool {
-        self.by_deadline.remove(&(deadline_ms, token)).is_some()
+    pub fn remove(&mut self, deadline_ms: u64, token: FencingToken, db: i32, key: &[u8]) -> bool {
+        self.by_deadline.remove(&entry(deadline_ms, token, db, key))
     }
 
-    /// Moves a lease to a new deadline (a renewal or re-entry).
+    /// Moves a lease to a new deadline (a renewal or re-entry); tracks it if
+    /// it was not tracked.
     pub fn reschedule(
         &mut self,
         old_deadline_ms: u64,
@@ -75,54 +79,47 @@ impl Schedule {
         if old_deadline_ms == new_deadline_ms {
             return;
         }
-        match self.by_deadline.remove(&(old_deadline_ms, token)) {
-            Some(at) => {
-                self.by_deadline.insert((new_deadline_ms, token), at);
-            }
-            None => self.insert(new_deadline_ms, token, db, key),
-        }
+        let mut e = entry(old_deadline_ms, token, db, key);
+        self.by_deadline.remove(&e);
+        e.0 = new_deadline_ms;
+        self.by_deadline.insert(e);
     }
 
     /// The earliest tracked deadline.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.by_deadline.keys().next().map(|(d, _)| *d)
+        self.by_deadline.first().map(|e| e.0)
     }
 
     /// Removes and returns up to `limit` leases whose deadline is `<= now_ms`,
     /// earliest first.
     pub fn pop_due(&mut self, now_ms: u64, limit: usize) -> Vec<DueLease> {
         let mut out = Vec::new();
-        while out.len() < limit {
-            let due =
-                matches!(self.by_deadline.first_key_value(), Some(((d, _), _)) if *d <= now_ms);
-            if !due {
-                break;
-            }
-            if let Some(((deadline_ms, token), at)) = self.by_deadline.pop_first() {
+        while out.len() < limit && matches!(self.by_deadline.first(), Some(e) if e.0 <= now_ms) {
+            if let Some((deadline_ms, token, db, key)) = self.by_deadline.pop_first() {
                 out.push(DueLease {
                     deadline_ms,
                     token,
-                    at,
+                    at: LeaseRef { db, key },
                 });
             }
         }
         out
     }
 
-    /// Points a lease at a new place (RENAME, MOVE, SWAPDB).
-    pub fn relocate(&mut self, deadline_ms: u64, token: FencingToken, db: i32, key: &[u8]) {
-        self.insert(deadline_ms, token, db, key);
-    }
-
     /// SWAPDB: leases in `a` now live in `b` and the other way round.
     pub fn swap_dbs(&mut self, a: i32, b: i32) {
-        for at in self.by_deadline.values_mut() {
-            if at.db == a {
-                at.db = b;
-            } else if at.db == b {
-                at.db = a;
-            }
-        }
+        let swapped: BTreeSet<Entry> = std::mem::take(&mut self.by_deadline)
+            .into_iter()
+            .map(|(d, t, db, key)| {
+                let db = match db {
+                    db if db == a => b,
+                    db if db == b => a,
+                    db => db,
+                };
+                (d, t, db, key)
+            })
+            .collect();
+        self.by_deadline = swapped;
     }
 
     /// FLUSHDB / FLUSHALL: forgets the leases of one database (`Some(db)`)
@@ -130,7 +127,7 @@ impl Schedule {
     pub fn forget_db(&mut self, db: Option<i32>) {
         match db {
             None => self.by_deadline.clear(),
-            Some(db) => self.by_deadline.retain(|_, at| at.db != db),
+            Some(db) => self.by_deadline.retain(|e| e.2 != db),
         }
     }
 
@@ -138,21 +135,10 @@ impl Schedule {
     pub fn len(&self) -> usize {
         self.by_deadline.len()
     }
-
-    /// True when no lease is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.by_deadline.is_empty()
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )]
     use super::*;
 
     #[test]
@@ -175,7 +161,7 @@ mod tests {
         s.insert(10, 1, 0, b"a");
         assert!(s.pop_due(9, 100).is_empty());
         assert_eq!(s.pop_due(10, 100).len(), 1);
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
     }
 
     #[test]
@@ -217,17 +203,37 @@ mod tests {
         s.insert(10, 1, 0, b"a");
         s.insert(10, 2, 0, b"b");
         assert_eq!(s.len(), 2);
-        assert!(s.remove(10, 1));
-        assert!(!s.remove(10, 1));
+        assert!(s.remove(10, 1, 0, b"a"));
+        assert!(!s.remove(10, 1, 0, b"a"));
         assert_eq!(s.len(), 1);
     }
 
     #[test]
-    fn relocate_and_swap_dbs_follow_the_key() {
+    fn equal_deadline_and_token_on_two_keys_are_two_leases() {
+        // A lock DUMPed and RESTOREd under a second name: same deadline and
+        // token. Neither entry may replace, hide or remove the other.
         let mut s = Schedule::default();
-        s.insert(10, 1, 0, b"a");
+        s.insert(10, 7, 0, b"a");
+        s.insert(10, 7, 0, b"b");
+        s.insert(10, 7, 1, b"a");
+        assert_eq!(s.len(), 3);
+        s.reschedule(10, 30, 7, 0, b"a");
+        assert!(!s.remove(10, 7, 0, b"a"), "moved away already");
+        assert!(s.remove(10, 7, 1, b"a"));
+        let due = s.pop_due(100, 10);
+        let keys: Vec<(u64, i32, &[u8])> = due
+            .iter()
+            .map(|d| (d.deadline_ms, d.at.db, &*d.at.key))
+            .collect();
+        assert_eq!(keys, vec![(10, 0, &b"b"[..]), (30, 0, &b"a"[..])]);
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn swap_dbs_follows_the_key() {
+        let mut s = Schedule::default();
+        s.insert(10, 1, 0, b"renamed");
         s.insert(11, 2, 1, b"b");
-        s.relocate(10, 1, 0, b"renamed");
         s.swap_dbs(0, 1);
         let due = s.pop_due(20, 10);
         assert_eq!(
@@ -254,6 +260,6 @@ mod tests {
         s.forget_db(Some(0));
         assert_eq!(s.len(), 1);
         s.forget_db(None);
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
     }
 }

@@ -11,6 +11,23 @@ pub const MAX_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Longest owner string, in bytes.
 pub const MAX_OWNER_LEN: usize = 1024;
 
+/// How far past now a deadline read from outside (RDB, RESTORE, AOF,
+/// replication) may lie: the longest lease plus one day of allowance for a
+/// writer whose clock ran ahead of this server's. Anything later would be a
+/// lock that practically never expires.
+pub const MAX_LOADED_DEADLINE_AHEAD_MS: u64 = MAX_TTL_MS + 24 * 60 * 60 * 1000;
+
+/// The largest token this server ever issues: every token is a positive
+/// RESP integer.
+pub const MAX_TOKEN: FencingToken = i64::MAX as u64;
+
+/// The largest token accepted from outside (a lock in an RDB file, a RESTORE
+/// payload, a `LOCK.APPLY`). The clock part of the generator
+/// (`unix_ms << 20`) reaches it only in the year 2213, and above it
+/// 2^60 − 1 tokens remain, so a loaded token can never leave the generator without a
+/// larger one to issue.
+pub const MAX_LOADED_TOKEN: FencingToken = 0x7000_0000_0000_0000;
+
 /// Owner strings up to this many bytes are stored inside the lock itself
 /// (one allocation per lock); longer ones spill to the heap.
 pub const INLINE_OWNER_LEN: usize = 48;
@@ -42,6 +59,42 @@ pub enum NotHolder {
     OtherOwner,
 }
 
+/// Why a lock read from outside (RDB, RESTORE, AOF, replication) was
+/// refused: each field must pass the rules the commands apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidLock {
+    /// The owner is empty or longer than [`MAX_OWNER_LEN`].
+    Owner,
+    /// The hold count is 0 or not a positive RESP integer.
+    Holds,
+    /// The token is 0 or above [`MAX_LOADED_TOKEN`].
+    Token,
+    /// The deadline is 0 or later than now + [`MAX_LOADED_DEADLINE_AHEAD_MS`].
+    Deadline,
+}
+
+impl InvalidLock {
+    /// What was wrong, for the server log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            InvalidLock::Owner => "owner must be 1 to 1024 bytes",
+            InvalidLock::Holds => "holds must be from 1 to 2^63-1",
+            InvalidLock::Token => "token must be from 1 to 2^62+2^61+2^60 (0x7000000000000000)",
+            InvalidLock::Deadline => "deadline must be from 1 to now + 31 days",
+        }
+    }
+}
+
+/// The fencing-token generator has nothing larger left to issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokensExhausted;
+
+impl TokensExhausted {
+    /// The error reply of a grant refused for it.
+    pub const REPLY: &'static str =
+        "ERR no fencing token left to issue on this server (all up to 2^63-1 are used); nothing changed";
+}
+
 /// What a release left behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Released {
@@ -60,6 +113,36 @@ impl Lock {
             token,
             deadline_ms: now_ms.saturating_add(ttl_ms),
         }
+    }
+
+    /// A lock read from outside (RDB, RESTORE, AOF, replication), checked
+    /// against the same rules the commands apply. A deadline in the past is
+    /// accepted (the server was down past it; the lease is expired at once).
+    pub fn from_loaded(
+        owner: &[u8],
+        holds: u64,
+        token: FencingToken,
+        deadline_ms: u64,
+        now_ms: u64,
+    ) -> Result<Lock, InvalidLock> {
+        if owner.is_empty() || owner.len() > MAX_OWNER_LEN {
+            return Err(InvalidLock::Owner);
+        }
+        if holds == 0 || holds > i64::MAX as u64 {
+            return Err(InvalidLock::Holds);
+        }
+        if token == 0 || token > MAX_LOADED_TOKEN {
+            return Err(InvalidLock::Token);
+        }
+        if deadline_ms == 0 || deadline_ms > now_ms.saturating_add(MAX_LOADED_DEADLINE_AHEAD_MS) {
+            return Err(InvalidLock::Deadline);
+        }
+        Ok(Lock {
+            owner: Owner::from_slice(owner),
+            holds,
+            token,
+            deadline_ms,
+        })
     }
 
     /// True once the lease has passed: a lock is held on `[grant, deadline)`.
@@ -138,7 +221,8 @@ impl Lock {
 /// (about a million) are issued in one millisecond. One generator serves all
 /// keys, so tokens are unique server-wide; a token received through
 /// replication, AOF, RDB or a migrated key is `observe`d so the generator
-/// never goes below it.
+/// never goes below it. Past [`MAX_TOKEN`] it refuses to issue rather than
+/// repeat a token.
 #[derive(Clone, Debug, Default)]
 pub struct TokenGenerator {
     last: FencingToken,
@@ -148,22 +232,28 @@ pub struct TokenGenerator {
 pub const TOKEN_CLOCK_SHIFT: u32 = 20;
 
 impl TokenGenerator {
-    /// The next token, strictly greater than every token issued or observed.
-    pub fn next(&mut self, now_ms: u64) -> FencingToken {
-        let from_clock = now_ms.checked_shl(TOKEN_CLOCK_SHIFT).unwrap_or(u64::MAX);
-        // Stay within i64 so every token is a positive RESP integer.
-        let t = self
-            .last
-            .saturating_add(1)
-            .max(from_clock)
-            .min(i64::MAX as u64);
+    /// The next token, strictly greater than every token issued or observed;
+    /// `Err` (and nothing changes) when no such token is left.
+    pub fn next(&mut self, now_ms: u64) -> Result<FencingToken, TokensExhausted> {
+        if self.last >= MAX_TOKEN {
+            return Err(TokensExhausted);
+        }
+        let from_clock = now_ms
+            .checked_shl(TOKEN_CLOCK_SHIFT)
+            .filter(|t| *t >> TOKEN_CLOCK_SHIFT == now_ms)
+            .unwrap_or(MAX_TOKEN);
+        // `last < MAX_TOKEN`, so `last + 1` is a valid token; the clock part
+        // is capped at MAX_TOKEN, and the result is > last either way.
+        let t = (self.last + 1).max(from_clock.min(MAX_TOKEN));
         self.last = t;
-        t
+        Ok(t)
     }
 
-    /// Takes note of a token issued elsewhere (or earlier).
+    /// Takes note of a token issued elsewhere (or earlier). Tokens from
+    /// outside are checked against [`MAX_LOADED_TOKEN`] before they get here;
+    /// anything larger is capped at [`MAX_TOKEN`], which only stops issuing.
     pub fn observe(&mut self, token: FencingToken) {
-        self.last = self.last.max(token);
+        self.last = self.last.max(token.min(MAX_TOKEN));
     }
 
     /// The greatest token issued or observed so far.
@@ -174,12 +264,6 @@ impl TokenGenerator {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )]
     use super::*;
 
     #[test]
@@ -251,9 +335,9 @@ mod tests {
     #[test]
     fn tokens_strictly_increase_within_one_millisecond() {
         let mut g = TokenGenerator::default();
-        let a = g.next(5);
-        let b = g.next(5);
-        let c = g.next(5);
+        let a = g.next(5).unwrap_or(0);
+        let b = g.next(5).unwrap_or(0);
+        let c = g.next(5).unwrap_or(0);
         assert!(a < b && b < c);
         assert_eq!(a, 5 << TOKEN_CLOCK_SHIFT);
     }
@@ -265,17 +349,17 @@ mod tests {
         let mut before = TokenGenerator::default();
         let mut last = 0;
         for _ in 0..1000 {
-            last = before.next(1_700_000_000_000);
+            last = before.next(1_700_000_000_000).unwrap_or(0);
         }
         let mut after = TokenGenerator::default();
-        assert!(after.next(1_700_000_000_001) > last);
+        assert!(after.next(1_700_000_000_001).unwrap_or(0) > last);
     }
 
     #[test]
     fn tokens_never_go_back_when_the_clock_does() {
         let mut g = TokenGenerator::default();
-        let a = g.next(10_000);
-        let b = g.next(5_000);
+        let a = g.next(10_000).unwrap_or(0);
+        let b = g.next(5_000).unwrap_or(0);
         assert!(b > a);
     }
 
@@ -283,7 +367,7 @@ mod tests {
     fn observed_tokens_raise_the_floor() {
         let mut g = TokenGenerator::default();
         g.observe(1 << 60);
-        assert_eq!(g.next(1), (1 << 60) + 1);
+        assert_eq!(g.next(1), Ok((1 << 60) + 1));
         g.observe(3);
         assert_eq!(g.last(), (1 << 60) + 1);
     }
@@ -291,10 +375,68 @@ mod tests {
     #[test]
     fn tokens_stay_positive_i64() {
         let mut g = TokenGenerator::default();
-        g.observe(i64::MAX as u64);
-        assert_eq!(g.next(u64::MAX), i64::MAX as u64);
+        assert_eq!(g.next(u64::MAX), Ok(MAX_TOKEN));
+        assert!(TokenGenerator::default().next(0).unwrap_or(0) >= 1);
         let mut g = TokenGenerator::default();
-        assert!(g.next(u64::MAX) <= i64::MAX as u64);
-        assert!(TokenGenerator::default().next(0) >= 1);
+        g.observe(u64::MAX);
+        assert_eq!(g.last(), MAX_TOKEN);
+    }
+
+    #[test]
+    fn an_exhausted_generator_refuses_instead_of_repeating() {
+        let mut g = TokenGenerator::default();
+        g.observe(MAX_TOKEN - 2);
+        assert_eq!(g.next(1), Ok(MAX_TOKEN - 1));
+        assert_eq!(g.next(1), Ok(MAX_TOKEN));
+        assert_eq!(g.next(1), Err(TokensExhausted));
+        assert_eq!(g.next(u64::MAX), Err(TokensExhausted));
+        assert_eq!(g.last(), MAX_TOKEN, "a refusal changes nothing");
+    }
+
+    #[test]
+    fn the_largest_loaded_token_leaves_room_to_issue() {
+        let mut g = TokenGenerator::default();
+        g.observe(MAX_LOADED_TOKEN);
+        let t = g.next(1_800_000_000_000).unwrap_or(0);
+        assert!(t > MAX_LOADED_TOKEN);
+        assert_eq!(MAX_TOKEN - MAX_LOADED_TOKEN, (1 << 60) - 1);
+        // The clock part alone stays below MAX_LOADED_TOKEN until 2213.
+        let year_2213_ms: u64 = 7_696_581_394_432;
+        assert!(year_2213_ms << TOKEN_CLOCK_SHIFT <= MAX_LOADED_TOKEN);
+    }
+
+    #[test]
+    fn loaded_locks_obey_the_command_rules() {
+        let now = 1_000_000;
+        let ok = Lock::from_loaded(b"o", 2, 9, now + 5, now);
+        assert_eq!(
+            ok.map(|l| (l.holds, l.token, l.deadline_ms)),
+            Ok((2, 9, now + 5))
+        );
+        // A deadline in the past is fine: expired at once.
+        assert!(Lock::from_loaded(b"o", 1, 9, 1, now).is_ok());
+        let max_ahead = now + MAX_LOADED_DEADLINE_AHEAD_MS;
+        assert!(Lock::from_loaded(b"o", 1, 9, max_ahead, now).is_ok());
+        assert!(Lock::from_loaded(&[0u8; MAX_OWNER_LEN], 1, 9, 5, now).is_ok());
+        assert!(Lock::from_loaded(b"o", i64::MAX as u64, MAX_LOADED_TOKEN, 5, now).is_ok());
+        let cases: &[(&[u8], u64, u64, u64, InvalidLock)] = &[
+            (b"", 1, 9, 5, InvalidLock::Owner),
+            (&[b'x'; MAX_OWNER_LEN + 1], 1, 9, 5, InvalidLock::Owner),
+            (b"o", 0, 9, 5, InvalidLock::Holds),
+            (b"o", i64::MAX as u64 + 1, 9, 5, InvalidLock::Holds),
+            (b"o", 1, 0, 5, InvalidLock::Token),
+            (b"o", 1, MAX_LOADED_TOKEN + 1, 5, InvalidLock::Token),
+            (b"o", 1, u64::MAX, 5, InvalidLock::Token),
+            (b"o", 1, 9, 0, InvalidLock::Deadline),
+            (b"o", 1, 9, max_ahead + 1, InvalidLock::Deadline),
+            (b"o", 1, 9, 1 << 63, InvalidLock::Deadline),
+        ];
+        for (owner, holds, token, deadline, want) in cases {
+            assert_eq!(
+                Lock::from_loaded(owner, *holds, *token, *deadline, now),
+                Err(*want),
+                "{holds} {token} {deadline}"
+            );
+        }
     }
 }

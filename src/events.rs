@@ -1,0 +1,250 @@
+//! The module's reactions to the server: a lock that arrives by `RESTORE`,
+//! a lock that leaves its key by a generic command (DEL, RENAME, MOVE,
+//! overwrite, FLUSHDB, SWAPDB) — found again under its new name, its
+//! waiters served by the sweep timer — loading, and role changes.
+
+use redis_module::{Context, ContextFlags};
+
+use crate::datatype::LOCK_TYPE;
+use crate::expiry;
+use crate::key::{Current, LockKey};
+use crate::redis::calls::{self, ScannedLock, WaitOutcome};
+use crate::state::{self, is_master, now_ms};
+
+/// The answer to cluster waiters whose lock was removed or moved by a
+/// generic command (DEL, MIGRATE, FLUSHALL, ...).
+const ERR_RETRY_ELSEWHERE: &str = "TRYAGAIN the lock was removed or moved to another node; retry";
+
+/// The answer to waiters whose key now holds another type.
+const ERR_NOW_OTHER_TYPE: &str = "WRONGTYPE the lock key now holds another kind of value";
+
+/// Databases are looked for up to this number (Redis stops at `databases`).
+const MAX_DBS: i32 = 100_000;
+
+/// Records the role the server starts in.
+pub fn init_role(ctx: &Context) {
+    state::set_master_role(is_master(ctx));
+}
+
+/// A lock arrived by `RESTORE` (e.g. `MIGRATE` into this node): track its
+/// lease under its key, so it expires on time here.
+pub fn on_lock_restored(db: i32, key: &[u8], deadline_ms: u64, token: u64) {
+    state::with(|s| {
+        s.tokens.observe(token);
+        s.track(deadline_ms, token, db, key);
+    });
+    expiry::ensure_armed_detached();
+}
+
+/// A lock value left its key other than by the module's own hand (DEL,
+/// UNLINK, overwrite by SET or RESTORE REPLACE, a native TTL that fired,
+/// eviction, the source of RENAME or MOVE, MIGRATE).
+/// - If clients wait for that name, the sweep timer looks at it right after
+///   the command: the first waiter takes the free name, or all are told if
+///   it now holds another type.
+/// - The value may live on under another name (RENAME, MOVE): unless it is
+///   freed first, the sweep timer finds it and tracks its lease there, so a
+///   moved lock still expires on time.
+pub fn on_lock_unlinked(db: i32, key: &[u8], value: usize, token: u64) {
+    let arm = state::with(|s| {
+        if s.deleting {
+            return false;
+        }
+        let mut arm = false;
+        if s.queues.waiting(db, key) > 0 {
+            s.orphaned.insert((db, key.into()));
+            arm = true;
+        }
+        if state::is_master_role() && !state::is_loading() {
+            s.relocated.insert(value, token);
+            state::set_relocating(true);
+            arm = true;
+        }
+        arm && s.sweep_timer.is_none()
+    });
+    if arm {
+        let id = calls::start_detached_timer(0, on_sweep_timer);
+        state::with(|s| s.sweep_timer = id);
+    }
+}
+
+/// A lock value is being freed (maybe on a background thread): it did not
+/// move anywhere.
+pub fn on_lock_freed(value: usize) {
+    if state::relocating() {
+        state::with(|s| s.relocated.remove(&value));
+    }
+}
+
+/// Every lock in every database, database by database.
+fn for_each_db(ctx: &Context, mut f: impl FnMut(i32, Vec<ScannedLock>)) {
+    let lock_type = *LOCK_TYPE.raw_type.borrow();
+    let original_db = calls::selected_db(ctx);
+    let mut db = 0;
+    // Redis has at most a few thousand databases; stop at the first that
+    // does not exist.
+    while db < MAX_DBS && calls::select_db(ctx, db) {
+        f(db, calls::scan_locks(ctx, lock_type));
+        db += 1;
+    }
+    calls::select_db(ctx, original_db);
+}
+
+/// Finds the lock values that left their key but were not freed, and tracks
+/// their leases where they are now (MOVE: another database; RENAME: another
+/// name).
+fn track_relocated(ctx: &Context) {
+    let wanted = state::with(|s| {
+        state::set_relocating(false);
+        std::mem::take(&mut s.relocated)
+    });
+    if wanted.is_empty() {
+        return;
+    }
+    for_each_db(ctx, |db, found| {
+        state::with(|s| {
+            for l in found
+                .iter()
+                .filter(|l| wanted.get(&l.value) == Some(&l.token))
+            {
+                s.track(l.deadline_ms, l.token, db, &l.key);
+            }
+        });
+    });
+}
+
+fn arm_sweep_timer(ctx: &Context) {
+    if state::with(|s| s.sweep_timer.is_some()) {
+        return;
+    }
+    let id = calls::start_timer(ctx, 0, on_sweep_timer);
+    state::with(|s| s.sweep_timer = id);
+}
+
+/// The sweep timer: for every key whose lock may have vanished under its
+/// waiters, hand the free name to the first waiter, or answer the waiters
+/// with WRONGTYPE if the name now holds another type.
+fn on_sweep_timer(ctx: &Context) {
+    if is_master(ctx) && calls::writes_paused() {
+        // Hand-offs write: they wait for the end of the pause.
+        let id = calls::start_timer(ctx, expiry::PAUSED_RETRY_MS, on_sweep_timer);
+        state::with(|s| s.sweep_timer = id);
+        return;
+    }
+    let keys: Vec<_> = state::with(|s| {
+        s.sweep_timer = None;
+        s.orphaned.drain().collect()
+    });
+    if !is_master(ctx) {
+        return;
+    }
+    track_relocated(ctx);
+    // In a cluster the name may have left this node (MIGRATE deletes it
+    // here like DEL does), so granting it here could create a lock in a
+    // slot this node no longer serves. Waiters are told to retry instead;
+    // cluster clients re-route the retry (MOVED/ASK) to the key's node.
+    let cluster = ctx.get_flags().contains(ContextFlags::CLUSTER);
+    let now = now_ms();
+    for (db, name) in keys {
+        let answer_all = |error: &'static str| {
+            for w in state::with(|s| s.queues.take_all(db, &name)) {
+                calls::unblock_client(w.id, WaitOutcome::Error(error));
+            }
+        };
+        if cluster {
+            answer_all(ERR_RETRY_ELSEWHERE);
+            continue;
+        }
+        if !calls::select_db(ctx, db) {
+            continue;
+        }
+        let name_string = ctx.create_string(&*name);
+        let key = LockKey::open(ctx, &name_string);
+        match key.current(now) {
+            Ok(Current::Free) => {
+                let _ = key.hand_off(now);
+            }
+            // Expired just now, and handed off with it.
+            Ok(Current::Expired) => {}
+            Ok(Current::Held(lock)) => key.admit_same_owner(lock, now),
+            Err(_) => answer_all(ERR_NOW_OTHER_TYPE),
+        }
+    }
+    expiry::ensure_armed(ctx);
+}
+
+/// FLUSHDB / FLUSHALL finished: forget the leases of the flushed database(s)
+/// and let waiters there take the now free names.
+pub fn on_flushed(ctx: &Context, db: Option<i32>) {
+    let any = state::with(|s| {
+        s.schedule.forget_db(db);
+        let keys = s.queues.keys(db);
+        let any = !keys.is_empty();
+        s.orphaned.extend(keys);
+        any
+    });
+    if any {
+        arm_sweep_timer(ctx);
+    }
+}
+
+/// SWAPDB: leases follow their keys into the other database; waiters keep
+/// waiting for the name in the database they asked in, which now holds
+/// other data, so those names are looked at again.
+pub fn on_swapdb(ctx: &Context, a: i32, b: i32) {
+    let any = state::with(|s| {
+        s.schedule.swap_dbs(a, b);
+        let mut keys = s.queues.keys(Some(a));
+        keys.extend(s.queues.keys(Some(b)));
+        let any = !keys.is_empty();
+        s.orphaned.extend(keys);
+        any
+    });
+    if any {
+        arm_sweep_timer(ctx);
+    }
+}
+
+/// Rebuilds the lease schedule from the keyspace (every database), then
+/// arms the expiry timer: overdue leases are expired at once.
+fn rebuild_schedule(ctx: &Context) {
+    state::with(|s| s.schedule = Default::default());
+    for_each_db(ctx, |db, found| {
+        state::with(|s| {
+            for l in &found {
+                s.tokens.observe(l.token);
+                s.track(l.deadline_ms, l.token, db, &l.key);
+            }
+        });
+    });
+    expiry::ensure_armed(ctx);
+}
+
+/// Loading (RDB, AOF or a full resync) started.
+pub fn on_loading_started() {
+    state::set_loading(true);
+}
+
+/// Loading (RDB, AOF or a full resync) ended.
+pub fn on_loading_ended(ctx: &Context) {
+    state::set_loading(false);
+    if is_master(ctx) {
+        rebuild_schedule(ctx);
+    }
+}
+
+/// This server became a master (promotion) or a replica (demotion).
+pub fn on_role_changed(ctx: &Context, now_master: bool) {
+    state::set_master_role(now_master);
+    if now_master {
+        // Tokens must exceed every token the old master granted, even those
+        // that never reached us: the clock part of the generator covers
+        // them; the keyspace scan raises the floor to every token we saw.
+        rebuild_schedule(ctx);
+    } else {
+        // Redis answers and disconnects every blocked client on demotion;
+        // our timers stop acting (the new master's deletions arrive by
+        // replication).
+        expiry::stop(ctx);
+    }
+}

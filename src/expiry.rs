@@ -1,0 +1,113 @@
+//! Leases end on time: one module timer, armed for the earliest deadline in
+//! the lease schedule, expires every lease that is due (in batches) and
+//! hands each freed lock to its first waiter. While Redis pauses writes it
+//! waits, and expires everything due right after the pause.
+
+use redis_module::Context;
+
+use crate::key::LockKey;
+use crate::redis::calls;
+use crate::state::{self, is_master, now_ms};
+
+/// How many leases one run of the expiry timer removes at most before it
+/// yields to the event loop (it re-arms itself at once when more are due).
+const EXPIRY_BATCH: usize = 1000;
+
+/// While Redis pauses writes, the timers look again this often (the pause
+/// ends at a time Redis does not announce).
+pub const PAUSED_RETRY_MS: u64 = 10;
+
+/// Makes sure the expiry timer fires by the earliest tracked deadline.
+/// Every entry path that may have tracked a lease calls this once at its
+/// end; it costs nothing unless a lease earlier than the armed timer (or
+/// the first lease) was tracked.
+pub fn ensure_armed(ctx: &Context) {
+    let plan = state::with(|s| {
+        if !std::mem::take(&mut s.arm_needed) {
+            return None;
+        }
+        let next = s.schedule.next_deadline()?;
+        match s.expiry_timer {
+            Some((_, armed_for)) if armed_for <= next => None,
+            current => Some((current.map(|(id, _)| id), next)),
+        }
+    });
+    let Some((old, next)) = plan else {
+        return;
+    };
+    if let Some(id) = old {
+        calls::stop_timer(ctx, id);
+    }
+    let id = calls::start_timer(ctx, next.saturating_sub(now_ms()), on_expiry_timer);
+    state::with(|s| s.expiry_timer = id.map(|id| (id, next)));
+}
+
+/// [`ensure_armed`] from a callback that has no context of its own.
+pub fn ensure_armed_detached() {
+    let ctx = state::detached_context();
+    if !ctx.is_null() {
+        ensure_armed(&Context::new(ctx));
+    }
+}
+
+/// Stops the expiry timer and forgets every lease (demotion: the new
+/// master's deletions arrive by replication).
+pub fn stop(ctx: &Context) {
+    let timer = state::with(|s| {
+        s.schedule = Default::default();
+        s.expiry_timer.take()
+    });
+    if let Some((id, _)) = timer {
+        calls::stop_timer(ctx, id);
+    }
+}
+
+/// Re-arms the timer to run again at once (after a batch) or shortly
+/// (during a pause), whatever the schedule says.
+fn again_in(ctx: &Context, delay_ms: u64, now: u64) {
+    let id = calls::start_timer(ctx, delay_ms, on_expiry_timer);
+    state::with(|s| s.expiry_timer = id.map(|id| (id, now)));
+}
+
+/// The expiry timer fired: remove every lease that is due (in batches), hand
+/// each freed lock to its first waiter, and re-arm for the next deadline.
+fn on_expiry_timer(ctx: &Context) {
+    state::with(|s| s.expiry_timer = None);
+    if !is_master(ctx) {
+        state::with(|s| s.schedule = Default::default());
+        return;
+    }
+    let now = now_ms();
+    if calls::writes_paused() {
+        // Nothing may be written or propagated during a pause: the leases
+        // stay due (reads never show them) and expire right after it.
+        again_in(ctx, PAUSED_RETRY_MS, now);
+        return;
+    }
+    let due = state::with(|s| s.schedule.pop_due(now, EXPIRY_BATCH));
+    let more = due.len() == EXPIRY_BATCH;
+    for lease in due {
+        if !calls::select_db(ctx, lease.at.db) {
+            continue;
+        }
+        let name = ctx.create_string(&*lease.at.key);
+        let key = LockKey::open(ctx, &name);
+        // Act only on the very lock this entry was made for: a stale entry
+        // (key deleted, overwritten, renewed) must never touch another lock.
+        let current = match key.lock() {
+            Ok(Some(lock)) => lock.token == lease.token && lock.deadline_ms == lease.deadline_ms,
+            _ => false,
+        };
+        if current {
+            let _ = key.expire(lease.deadline_ms, lease.token, now);
+        }
+    }
+    if more {
+        // Yield to clients, then go on at once.
+        again_in(ctx, 0, now);
+    } else {
+        // No timer is armed now: arm one for the next deadline, if any.
+        state::with(|s| s.arm_needed = true);
+        ensure_armed(ctx);
+    }
+}
