@@ -7,11 +7,10 @@
     clippy::indexing_slicing
 )]
 
-use std::time::Duration;
-
 use redis::Connection;
-use testkit::lock::{self, acquire, force_release, release, renew, stat};
-use testkit::{module_path, wait_for, Server};
+use testkit::lock::{self, acquire, force_release, release, renew, spawn_waiter, stat};
+use testkit::replication::synced;
+use testkit::{dbsize, module_path, wait_for, Server, PATIENCE};
 
 /// A server started without the module, allowed to load one over a local
 /// connection (as `redis.conf.example` allows).
@@ -33,16 +32,6 @@ fn module_load(c: &mut Connection) {
         format!("{list:?}").contains("lock"),
         "MODULE LIST: {list:?}"
     );
-}
-
-/// Waits until every replica has processed everything the master sent.
-fn replicas_caught_up(m: &mut Connection) {
-    let acked: i64 = redis::cmd("WAIT").arg(1).arg(30_000).query(m).unwrap();
-    assert_eq!(acked, 1, "the replica acknowledged");
-}
-
-fn dbsize(c: &mut Connection) -> i64 {
-    redis::cmd("DBSIZE").query(c).unwrap()
 }
 
 #[test]
@@ -102,22 +91,8 @@ fn module_load_into_a_running_server_with_data_serves_every_command() {
 
     // WAIT: a blocked acquirer gets the lock when it is released.
     acquire(&mut c, "w", "holder", 60_000).unwrap();
-    let port = s.port;
-    let waiter = std::thread::spawn(move || {
-        let mut w = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        redis::cmd("LOCK.ACQUIRE")
-            .arg("w")
-            .arg("waiter")
-            .arg(60_000)
-            .arg("WAIT")
-            .arg(0)
-            .query::<Option<i64>>(&mut w)
-            .unwrap()
-    });
-    wait_for("the waiter to queue", Duration::from_secs(60), || {
+    let waiter = spawn_waiter(&s, "w", "waiter", 60_000, 0);
+    wait_for("the waiter to queue", PATIENCE, || {
         (lock::info(&mut c, "w").map(|i| i.waiters) == Some(1)).then_some(())
     });
     assert_eq!(release(&mut c, "w", "holder"), Some(0));
@@ -127,7 +102,7 @@ fn module_load_into_a_running_server_with_data_serves_every_command() {
 
     // Leases still expire on the server's own timer.
     acquire(&mut c, "short", "a", 50).unwrap();
-    wait_for("the short lease to expire", Duration::from_secs(60), || {
+    wait_for("the short lease to expire", PATIENCE, || {
         (!lock::exists(&mut c, "short")).then_some(())
     });
     assert_eq!(stat(&mut c, "expired"), 1);
@@ -160,7 +135,7 @@ fn module_load_into_a_new_replica_of_a_master_with_locks() {
     let mut r = replica.conn();
     module_load(&mut r);
     replica.replicate_from(&master);
-    replicas_caught_up(&mut m);
+    synced(&mut m, 1);
 
     // The full sync brought the locks.
     let info = lock::info(&mut r, "held").expect("on the replica");
@@ -168,11 +143,11 @@ fn module_load_into_a_new_replica_of_a_master_with_locks() {
     // New effects arrive, and the master's expiry reaches the replica.
     let t2 = acquire(&mut m, "later", "b", 600_000).unwrap();
     acquire(&mut m, "brief", "c", 50).unwrap();
-    replicas_caught_up(&mut m);
+    synced(&mut m, 1);
     assert_eq!(lock::info(&mut r, "later").map(|i| i.token), Some(t2));
     wait_for(
         "the brief lease to be deleted on the replica",
-        Duration::from_secs(60),
+        PATIENCE,
         || (!lock::exists(&mut r, "brief")).then_some(()),
     );
     assert_eq!(dbsize(&mut r), dbsize(&mut m));
@@ -193,7 +168,7 @@ fn module_load_on_a_replica_then_on_its_master() {
         .query(&mut m)
         .unwrap();
     replica.replicate_from(&master);
-    replicas_caught_up(&mut m);
+    synced(&mut m, 1);
 
     module_load(&mut r);
     module_load(&mut m);
@@ -201,15 +176,13 @@ fn module_load_on_a_replica_then_on_its_master() {
 
     let t = acquire(&mut m, "k", "a", 600_000).unwrap();
     acquire(&mut m, "brief", "b", 50).unwrap();
-    replicas_caught_up(&mut m);
+    synced(&mut m, 1);
     assert_eq!(lock::info(&mut r, "k").map(|i| i.token), Some(t));
     // The replica does not act on leases itself; the master's deletion comes.
-    wait_for(
-        "the master to expire the brief lease",
-        Duration::from_secs(60),
-        || (!lock::exists(&mut m, "brief")).then_some(()),
-    );
-    replicas_caught_up(&mut m);
+    wait_for("the master to expire the brief lease", PATIENCE, || {
+        (!lock::exists(&mut m, "brief")).then_some(())
+    });
+    synced(&mut m, 1);
     assert!(!lock::exists(&mut r, "brief"));
     assert_eq!(
         stat(&mut r, "expired"),

@@ -11,15 +11,13 @@
     clippy::indexing_slicing
 )]
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use redis::Connection;
 use testkit::cluster::Cluster;
-use testkit::lock::{self, acquire, stat};
-use testkit::{info_int, wait_for, Server};
-
-const PATIENCE: Duration = Duration::from_secs(120);
+use testkit::lock::{self, acquire, spawn_waiter, stat};
+use testkit::replication::synced;
+use testkit::{dbsize, info_int, wait_for, Server, PATIENCE};
 
 /// A master with AOF on (fsync always) and a replica attached. The master
 /// sends its periodic replication PING rarely, so that its replication
@@ -32,17 +30,8 @@ fn master_with_replica() -> (Server, Server) {
         .start();
     let replica = Server::start();
     replica.replicate_from(&master);
-    replicas_caught_up(&mut master.conn());
+    synced(&mut master.conn(), 1);
     (master, replica)
-}
-
-fn replicas_caught_up(m: &mut Connection) {
-    let acked: i64 = redis::cmd("WAIT").arg(1).arg(60_000).query(m).unwrap();
-    assert_eq!(acked, 1, "the replica acknowledged");
-}
-
-fn dbsize(c: &mut Connection) -> i64 {
-    redis::cmd("DBSIZE").query(c).unwrap()
 }
 
 fn role(c: &mut Connection) -> String {
@@ -115,26 +104,6 @@ fn repl_offset(c: &mut Connection) -> i64 {
     info_int(c, "replication", "master_repl_offset")
 }
 
-/// A blocked `LOCK.ACQUIRE key owner 600000 WAIT 0` on its own connection;
-/// its reply arrives on the channel.
-fn waiter(s: &Server, key: &str, owner: &str) -> mpsc::Receiver<Option<i64>> {
-    let (tx, rx) = mpsc::channel();
-    let mut c = s.conn();
-    let (key, owner) = (key.to_string(), owner.to_string());
-    std::thread::spawn(move || {
-        let r: Option<i64> = redis::cmd("LOCK.ACQUIRE")
-            .arg(key)
-            .arg(owner)
-            .arg(600_000)
-            .arg("WAIT")
-            .arg(0)
-            .query(&mut c)
-            .unwrap();
-        let _ = tx.send(r);
-    });
-    rx
-}
-
 #[test]
 fn a_write_pause_across_lease_deadlines_holds_every_expiry_until_it_ends() {
     const N: usize = 500;
@@ -142,7 +111,7 @@ fn a_write_pause_across_lease_deadlines_holds_every_expiry_until_it_ends() {
     let mut m = master.conn();
     let ttl = lease_for(&mut m, "", N);
     acquire(&mut m, "handoff", "holder", ttl).unwrap();
-    let handed = waiter(&master, "handoff", "waiter");
+    let handed = spawn_waiter(&master, "handoff", "waiter", 600_000, 0);
     wait_for("the waiter to queue", PATIENCE, || {
         (lock::info(&mut m, "handoff").map(|i| i.waiters) == Some(1)).then_some(())
     });
@@ -178,18 +147,18 @@ fn a_write_pause_across_lease_deadlines_holds_every_expiry_until_it_ends() {
     assert_eq!(stat(&mut m, "expired"), 0);
     assert_eq!(repl_offset(&mut m), offset, "nothing propagated");
     assert_eq!(aof_bytes(&master), aof, "nothing written to the AOF");
-    assert!(handed.try_recv().is_err(), "no hand-off during the pause");
+    assert!(!handed.is_finished(), "no hand-off during the pause");
 
     let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut m).unwrap();
     // Right after the pause: every lease expires, the waiter gets its lock.
-    let token = handed.recv_timeout(PATIENCE).unwrap().expect("granted");
+    let token = handed.join().unwrap().expect("granted");
     wait_for("every lease to expire after the pause", PATIENCE, || {
         (dbsize(&mut m) == 1).then_some(())
     });
     assert_eq!(stat(&mut m, "expired"), N as i64 + 1);
     assert_eq!(stat(&mut m, "handoffs"), 1);
     assert_eq!(lock::info(&mut m, "handoff").map(|i| i.token), Some(token));
-    replicas_caught_up(&mut m);
+    synced(&mut m, 1);
     let mut r = replica.conn();
     assert_eq!(dbsize(&mut r), 1, "the replica got every deletion");
     assert_eq!(
@@ -225,7 +194,7 @@ fn a_pause_of_all_commands_across_lease_deadlines_is_survived() {
         (dbsize(&mut m) == 0).then_some(())
     });
     assert_eq!(stat(&mut m, "expired"), N as i64);
-    replicas_caught_up(&mut m);
+    synced(&mut m, 1);
     assert_eq!(dbsize(&mut replica.conn()), 0);
     assert_no_abort(&master);
 }
@@ -238,7 +207,7 @@ fn a_coordinated_failover_with_leases_expiring_during_it_completes() {
     let keep = acquire(&mut m, "keep", "a", 600_000).unwrap();
     let ttl = lease_for(&mut m, "", N);
     let all_due = fill(&mut m, "k", N, ttl);
-    replicas_caught_up(&mut m);
+    synced(&mut m, 1);
     assert_eq!(stat(&mut m, "expired"), 0);
 
     // The replica stops: the master pauses writes and waits for it to
@@ -275,7 +244,7 @@ fn a_coordinated_failover_with_leases_expiring_during_it_completes() {
     assert_eq!(lock::info(&mut r, "keep").map(|i| i.token), Some(keep));
     let fresh = acquire(&mut r, "fresh", "b", 600_000).unwrap();
     assert!(fresh > keep);
-    replicas_caught_up(&mut r);
+    synced(&mut r, 1);
     assert_eq!(dbsize(&mut m), 2);
     assert_eq!(lock::digest(&mut m, "keep"), lock::digest(&mut r, "keep"));
     assert_eq!(lock::info(&mut m, "fresh").map(|i| i.token), Some(fresh));
@@ -361,7 +330,7 @@ fn a_manual_cluster_failover_while_leases_expire() {
         p.cmd("LOCK.ACQUIRE").arg(k).arg("o").arg(ttl);
     }
     let _: Vec<Option<i64>> = p.query(&mut m).unwrap();
-    replicas_caught_up(&mut m);
+    synced(&mut m, 1);
     wait_for("the first leases to expire", PATIENCE, || {
         (stat(&mut m, "expired") > 0).then_some(())
     });
@@ -378,7 +347,7 @@ fn a_manual_cluster_failover_while_leases_expire() {
     assert_eq!(lock::info(&mut n, "{p}keep").map(|i| i.token), Some(keep));
     let fresh = acquire(&mut n, "{p}fresh", "b", 600_000).unwrap();
     assert!(fresh > keep);
-    replicas_caught_up(&mut n);
+    synced(&mut n, 1);
     let _: () = redis::cmd("READONLY").query(&mut o).unwrap();
     assert_eq!(dbsize(&mut o), dbsize(&mut n), "both sides agree");
     assert_eq!(
