@@ -11,12 +11,12 @@ use crate::key::{lock_in, Current, LockKey};
 use crate::metrics::{self, bump, STATS};
 use crate::redis::calls;
 use crate::rules::args::{self, ArgError, Wait};
-use crate::rules::lock::{Lock, Released, TokensExhausted};
+use crate::rules::lock::{LoadedFrom, Lock, Released, TokensExhausted};
 use crate::state::{self, now_ms};
 use crate::waiting;
 
 /// The reply to a `LOCK.APPLY` whose values are out of range.
-const ERR_APPLY_RANGE: &str = "ERR LOCK.APPLY refused: owner 1..1024 bytes, holds >= 1, token <= 8070450532247928832, deadline-ms <= now + 31 days";
+const ERR_APPLY_RANGE: &str = "ERR LOCK.APPLY refused: owner 1..1024 bytes, holds >= 1, token 1..2^63-1, deadline-ms <= now + 31 days";
 
 /// Maps a parse failure to its reply.
 fn bad(e: ArgError) -> RedisError {
@@ -202,11 +202,18 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (name, req) = parsed(&args, args::apply)?;
     // The stream is checked like any other input: a value the commands
     // could never have produced is refused, and nothing changes.
-    let lock = Lock::from_loaded(req.owner, req.holds, req.token, req.deadline_ms, now_ms())
-        .map_err(|why| {
-            ctx.log_warning(&format!("fencelock: refused LOCK.APPLY: {}", why.reason()));
-            RedisError::Str(ERR_APPLY_RANGE)
-        })?;
+    let lock = Lock::from_loaded(
+        LoadedFrom::Server,
+        req.owner,
+        req.holds,
+        req.token,
+        req.deadline_ms,
+        now_ms(),
+    )
+    .map_err(|why| {
+        ctx.log_warning(&format!("fencelock: refused LOCK.APPLY: {}", why.reason()));
+        RedisError::Str(ERR_APPLY_RANGE)
+    })?;
     state::with(|s| s.tokens.observe(lock.token));
     let key = ctx.open_key_writable(name);
     if lock_in(&key).is_err() {

@@ -12,7 +12,7 @@ use crate::metrics;
 use crate::redis::calls::{RdbReader, RdbWriter};
 use crate::redis::entry;
 use crate::rules::encoding::{self, DecodeError, ENCODING_VERSION};
-use crate::rules::lock::Lock;
+use crate::rules::lock::{LoadedFrom, Lock};
 use crate::state::{self, now_ms};
 
 /// The data type; its name is exactly nine characters, as Redis requires.
@@ -23,7 +23,13 @@ pub static LOCK_TYPE: RedisType =
 /// is short, of an unknown encoding or out of range is refused: Redis then
 /// answers RESTORE with an error, or reports the file as corrupt.
 pub fn load(rdb: &mut RdbReader, encver: i32) -> Result<Lock, DecodeError> {
-    let lock = encoding::decode(rdb, encver, now_ms())?;
+    // Outside of loading, `rdb_load` serves RESTORE (and MIGRATE).
+    let from = if state::is_loading() {
+        LoadedFrom::Server
+    } else {
+        LoadedFrom::Restore
+    };
+    let lock = encoding::decode(rdb, encver, from, now_ms())?;
     state::with(|s| s.tokens.observe(lock.token));
     metrics::lock_stored();
     Ok(lock)

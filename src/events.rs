@@ -158,7 +158,7 @@ fn on_sweep_timer(ctx: &Context) {
         if !calls::select_db(ctx, db) {
             continue;
         }
-        let name_string = ctx.create_string(&*name);
+        let name_string = calls::key_string(ctx, &name);
         let key = LockKey::open(ctx, &name_string);
         match key.current(now) {
             Ok(Current::Free) => {

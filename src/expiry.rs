@@ -90,7 +90,7 @@ fn on_expiry_timer(ctx: &Context) {
         if !calls::select_db(ctx, lease.at.db) {
             continue;
         }
-        let name = ctx.create_string(&*lease.at.key);
+        let name = calls::key_string(ctx, &lease.at.key);
         let key = LockKey::open(ctx, &name);
         // Act only on the very lock this entry was made for: a stale entry
         // (key deleted, overwritten, renewed) must never touch another lock.

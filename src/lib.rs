@@ -37,8 +37,9 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     // A panic aborts redis-server; make sure the reason reaches the log.
     std::panic::set_hook(Box::new(|info| {
         let msg = format!("fencelock: panic: {info}");
-        // The log call takes a printf format: keep `%` literal.
-        redis_module::logging::log_warning(msg.replace('%', "%%"));
+        // The log call takes a printf format: keep `%` literal; a NUL would
+        // make the logger itself panic.
+        redis_module::logging::log_warning(msg.replace('%', "%%").replace('\0', "\\0"));
         eprintln!("{msg}");
     }));
     let steps: [InitStep; 3] = [

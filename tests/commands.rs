@@ -78,6 +78,46 @@ fn owner_strings_are_binary_safe() {
 }
 
 #[test]
+fn key_names_with_any_byte_expire_and_hand_off() {
+    // Key names are binary: a NUL or a byte that is not UTF-8 must survive
+    // the lease timer and the sweep after a DEL (both rebuild the name).
+    let s = Server::start();
+    let mut c = s.conn();
+    let key: &[u8] = b"k\x00ey\xff";
+    let grant = |c: &mut Connection, owner: &str, ttl: u64| -> Option<i64> {
+        redis::cmd("LOCK.ACQUIRE")
+            .arg(key)
+            .arg(owner)
+            .arg(ttl)
+            .query(c)
+            .unwrap()
+    };
+    grant(&mut c, "a", 50).unwrap();
+    wait_for("the lease to expire", PATIENCE, || {
+        (dbsize(&mut c) == 0).then_some(())
+    });
+    assert_eq!(stat(&mut c, "expired"), 1);
+    // A waiter on that name takes it when a DEL frees it.
+    grant(&mut c, "holder", 600_000).unwrap();
+    let mut w = s.conn();
+    let waiter = std::thread::spawn(move || -> Option<i64> {
+        redis::cmd("LOCK.ACQUIRE")
+            .arg(key)
+            .arg("waiter")
+            .arg(600_000)
+            .arg("WAIT")
+            .arg(0)
+            .query(&mut w)
+            .unwrap()
+    });
+    lock::wait_waiters(&mut c, 1);
+    let _: i64 = redis::cmd("DEL").arg(key).query(&mut c).unwrap();
+    assert!(waiter.join().unwrap().is_some(), "the waiter got the name");
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[test]
 fn release_counts_down_keeps_the_lease_and_deletes_at_zero() {
     let s = Server::start();
     let mut c = s.conn();

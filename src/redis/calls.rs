@@ -27,6 +27,15 @@ fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+// ------------------------------------------------------------------ strings
+
+/// A key name as a `RedisString`, binary-safe: key names may hold any byte,
+/// NUL included (the crate's `Context::create_string` goes through a C
+/// string and panics on a NUL — which would abort the server).
+pub fn key_string(ctx: &Context, name: &[u8]) -> RedisString {
+    RedisString::create_from_slice(ctx.ctx, name)
+}
+
 // ---------------------------------------------------------------- databases
 
 /// The database the context has selected.

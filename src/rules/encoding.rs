@@ -7,7 +7,7 @@
 //! unsigned integers. A newer version than this build knows is refused, so
 //! an older build never misreads a newer file.
 
-use super::lock::{FencingToken, InvalidLock, Lock, MAX_TOKEN};
+use super::lock::{FencingToken, InvalidLock, LoadedFrom, Lock, MAX_TOKEN};
 
 /// Current encoding version of a lock value.
 pub const ENCODING_VERSION: i32 = 1;
@@ -45,7 +45,12 @@ impl std::fmt::Display for DecodeError {
 }
 
 /// Reads one lock value and checks it (see [`Lock::from_loaded`]).
-pub fn decode(src: &mut impl FieldSource, encver: i32, now_ms: u64) -> Result<Lock, DecodeError> {
+pub fn decode(
+    src: &mut impl FieldSource,
+    encver: i32,
+    from: LoadedFrom,
+    now_ms: u64,
+) -> Result<Lock, DecodeError> {
     if encver != ENCODING_VERSION {
         return Err(DecodeError::UnknownVersion(encver));
     }
@@ -53,7 +58,7 @@ pub fn decode(src: &mut impl FieldSource, encver: i32, now_ms: u64) -> Result<Lo
     let holds = src.u64().ok_or(DecodeError::ShortRead)?;
     let token = src.u64().ok_or(DecodeError::ShortRead)?;
     let deadline_ms = src.u64().ok_or(DecodeError::ShortRead)?;
-    Lock::from_loaded(&owner, holds, token, deadline_ms, now_ms).map_err(DecodeError::Invalid)
+    Lock::from_loaded(from, &owner, holds, token, deadline_ms, now_ms).map_err(DecodeError::Invalid)
 }
 
 /// Reads the module-global aux field: the highest token the server that
@@ -107,7 +112,7 @@ impl FieldSource for SliceSource<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::lock::MAX_LOADED_TOKEN;
+    use crate::rules::lock::MAX_RESTORED_TOKEN;
 
     fn encode(owner: &[u8], holds: u64, token: u64, deadline: u64) -> Vec<u8> {
         let mut v = (owner.len() as u16).to_le_bytes().to_vec();
@@ -121,7 +126,7 @@ mod tests {
     #[test]
     fn a_valid_value_round_trips() {
         let bytes = encode(b"owner", 3, 77, 5_000);
-        let lock = decode(&mut SliceSource(&bytes), 1, 4_000);
+        let lock = decode(&mut SliceSource(&bytes), 1, LoadedFrom::Restore, 4_000);
         let read = lock.as_ref().map(fields);
         assert_eq!(read, Ok((&b"owner"[..], 3, 77, 5_000)));
     }
@@ -131,7 +136,7 @@ mod tests {
         let bytes = encode(b"o", 1, 1, 1);
         for v in [0, 2, 1023, -1] {
             assert_eq!(
-                decode(&mut SliceSource(&bytes), v, 0),
+                decode(&mut SliceSource(&bytes), v, LoadedFrom::Restore, 0),
                 Err(DecodeError::UnknownVersion(v))
             );
         }
@@ -142,7 +147,7 @@ mod tests {
         let bytes = encode(b"owner", 1, 2, 3);
         for n in 0..bytes.len() {
             assert_eq!(
-                decode(&mut SliceSource(&bytes[..n]), 1, 0),
+                decode(&mut SliceSource(&bytes[..n]), 1, LoadedFrom::Restore, 0),
                 Err(DecodeError::ShortRead),
                 "{n} bytes"
             );
@@ -156,13 +161,16 @@ mod tests {
             (encode(b"", 1, 1, 5), InvalidLock::Owner),
             (encode(&[1u8; 1025], 1, 1, 5), InvalidLock::Owner),
             (encode(b"o", 0, 1, 5), InvalidLock::Holds),
-            (encode(b"o", 1, MAX_LOADED_TOKEN + 1, 5), InvalidLock::Token),
+            (
+                encode(b"o", 1, MAX_RESTORED_TOKEN + 1, 5),
+                InvalidLock::Token,
+            ),
             (encode(b"o", 1, i64::MAX as u64, 5), InvalidLock::Token),
             (encode(b"o", 1, 1, u64::MAX), InvalidLock::Deadline),
         ];
         for (bytes, why) in cases {
             assert_eq!(
-                decode(&mut SliceSource(&bytes), 1, now),
+                decode(&mut SliceSource(&bytes), 1, LoadedFrom::Restore, now),
                 Err(DecodeError::Invalid(why))
             );
         }

@@ -21,12 +21,35 @@ pub const MAX_LOADED_DEADLINE_AHEAD_MS: u64 = MAX_TTL_MS + 24 * 60 * 60 * 1000;
 /// RESP integer.
 pub const MAX_TOKEN: FencingToken = i64::MAX as u64;
 
-/// The largest token accepted from outside (a lock in an RDB file, a RESTORE
-/// payload, a `LOCK.APPLY`). The clock part of the generator
-/// (`unix_ms << 20`) reaches it only in the year 2213, and above it
-/// 2^60 − 1 tokens remain, so a loaded token can never leave the generator without a
-/// larger one to issue.
-pub const MAX_LOADED_TOKEN: FencingToken = 0x7000_0000_0000_0000;
+/// The largest token a `RESTORE` payload may carry (anyone may send one).
+/// The clock part of the generator (`unix_ms << 20`) reaches it only in the
+/// year 2213, and above it 2^60 − 1 tokens remain, so a restored token can
+/// never leave the generator without a larger one to issue.
+pub const MAX_RESTORED_TOKEN: FencingToken = 0x7000_0000_0000_0000;
+
+/// Where a loaded lock comes from; it decides the largest token accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadedFrom {
+    /// A `RESTORE` payload (also `MIGRATE`): tokens up to
+    /// [`MAX_RESTORED_TOKEN`].
+    Restore,
+    /// What a fencelock server wrote: an RDB file, a full sync, the AOF, the
+    /// master's stream. Tokens up to [`MAX_TOKEN`]: after a `RESTORE` near
+    /// the limit a server issues tokens above it, and must be able to load
+    /// its own files again (a file that claims every token is used leaves a
+    /// server that refuses grants rather than repeat a token).
+    Server,
+}
+
+impl LoadedFrom {
+    /// The largest token accepted from this source.
+    pub fn max_token(self) -> FencingToken {
+        match self {
+            LoadedFrom::Restore => MAX_RESTORED_TOKEN,
+            LoadedFrom::Server => MAX_TOKEN,
+        }
+    }
+}
 
 /// Owner strings up to this many bytes are stored inside the lock itself
 /// (one allocation per lock); longer ones spill to the heap.
@@ -67,7 +90,8 @@ pub enum InvalidLock {
     Owner,
     /// The hold count is 0 or not a positive RESP integer.
     Holds,
-    /// The token is 0 or above [`MAX_LOADED_TOKEN`].
+    /// The token is 0 or above what its source may carry
+    /// ([`LoadedFrom::max_token`]).
     Token,
     /// The deadline is 0 or later than now + [`MAX_LOADED_DEADLINE_AHEAD_MS`].
     Deadline,
@@ -79,7 +103,9 @@ impl InvalidLock {
         match self {
             InvalidLock::Owner => "owner must be 1 to 1024 bytes",
             InvalidLock::Holds => "holds must be from 1 to 2^63-1",
-            InvalidLock::Token => "token must be from 1 to 2^62+2^61+2^60 (0x7000000000000000)",
+            InvalidLock::Token => {
+                "token must be from 1 to 0x7000000000000000 in a RESTORE payload, to 2^63-1 elsewhere"
+            }
             InvalidLock::Deadline => "deadline must be from 1 to now + 31 days",
         }
     }
@@ -119,6 +145,7 @@ impl Lock {
     /// against the same rules the commands apply. A deadline in the past is
     /// accepted (the server was down past it; the lease is expired at once).
     pub fn from_loaded(
+        from: LoadedFrom,
         owner: &[u8],
         holds: u64,
         token: FencingToken,
@@ -131,7 +158,7 @@ impl Lock {
         if holds == 0 || holds > i64::MAX as u64 {
             return Err(InvalidLock::Holds);
         }
-        if token == 0 || token > MAX_LOADED_TOKEN {
+        if token == 0 || token > from.max_token() {
             return Err(InvalidLock::Token);
         }
         if deadline_ms == 0 || deadline_ms > now_ms.saturating_add(MAX_LOADED_DEADLINE_AHEAD_MS) {
@@ -250,7 +277,7 @@ impl TokenGenerator {
     }
 
     /// Takes note of a token issued elsewhere (or earlier). Tokens from
-    /// outside are checked against [`MAX_LOADED_TOKEN`] before they get here;
+    /// outside are checked against [`LoadedFrom::max_token`] before they get here;
     /// anything larger is capped at [`MAX_TOKEN`], which only stops issuing.
     pub fn observe(&mut self, token: FencingToken) {
         self.last = self.last.max(token.min(MAX_TOKEN));
@@ -396,36 +423,46 @@ mod tests {
     #[test]
     fn the_largest_loaded_token_leaves_room_to_issue() {
         let mut g = TokenGenerator::default();
-        g.observe(MAX_LOADED_TOKEN);
+        g.observe(MAX_RESTORED_TOKEN);
         let t = g.next(1_800_000_000_000).unwrap_or(0);
-        assert!(t > MAX_LOADED_TOKEN);
-        assert_eq!(MAX_TOKEN - MAX_LOADED_TOKEN, (1 << 60) - 1);
-        // The clock part alone stays below MAX_LOADED_TOKEN until 2213.
+        assert!(t > MAX_RESTORED_TOKEN);
+        assert_eq!(MAX_TOKEN - MAX_RESTORED_TOKEN, (1 << 60) - 1);
+        // The clock part alone stays below MAX_RESTORED_TOKEN until 2213.
         let year_2213_ms: u64 = 7_696_581_394_432;
-        assert!(year_2213_ms << TOKEN_CLOCK_SHIFT <= MAX_LOADED_TOKEN);
+        assert!(year_2213_ms << TOKEN_CLOCK_SHIFT <= MAX_RESTORED_TOKEN);
     }
 
     #[test]
     fn loaded_locks_obey_the_command_rules() {
         let now = 1_000_000;
-        let ok = Lock::from_loaded(b"o", 2, 9, now + 5, now);
+        let ok = Lock::from_loaded(LoadedFrom::Restore, b"o", 2, 9, now + 5, now);
         assert_eq!(
             ok.map(|l| (l.holds, l.token, l.deadline_ms)),
             Ok((2, 9, now + 5))
         );
         // A deadline in the past is fine: expired at once.
-        assert!(Lock::from_loaded(b"o", 1, 9, 1, now).is_ok());
+        assert!(Lock::from_loaded(LoadedFrom::Restore, b"o", 1, 9, 1, now).is_ok());
         let max_ahead = now + MAX_LOADED_DEADLINE_AHEAD_MS;
-        assert!(Lock::from_loaded(b"o", 1, 9, max_ahead, now).is_ok());
-        assert!(Lock::from_loaded(&[0u8; MAX_OWNER_LEN], 1, 9, 5, now).is_ok());
-        assert!(Lock::from_loaded(b"o", i64::MAX as u64, MAX_LOADED_TOKEN, 5, now).is_ok());
+        assert!(Lock::from_loaded(LoadedFrom::Restore, b"o", 1, 9, max_ahead, now).is_ok());
+        assert!(
+            Lock::from_loaded(LoadedFrom::Restore, &[0u8; MAX_OWNER_LEN], 1, 9, 5, now).is_ok()
+        );
+        assert!(Lock::from_loaded(
+            LoadedFrom::Restore,
+            b"o",
+            i64::MAX as u64,
+            MAX_RESTORED_TOKEN,
+            5,
+            now
+        )
+        .is_ok());
         let cases: &[(&[u8], u64, u64, u64, InvalidLock)] = &[
             (b"", 1, 9, 5, InvalidLock::Owner),
             (&[b'x'; MAX_OWNER_LEN + 1], 1, 9, 5, InvalidLock::Owner),
             (b"o", 0, 9, 5, InvalidLock::Holds),
             (b"o", i64::MAX as u64 + 1, 9, 5, InvalidLock::Holds),
             (b"o", 1, 0, 5, InvalidLock::Token),
-            (b"o", 1, MAX_LOADED_TOKEN + 1, 5, InvalidLock::Token),
+            (b"o", 1, MAX_RESTORED_TOKEN + 1, 5, InvalidLock::Token),
             (b"o", 1, u64::MAX, 5, InvalidLock::Token),
             (b"o", 1, 9, 0, InvalidLock::Deadline),
             (b"o", 1, 9, max_ahead + 1, InvalidLock::Deadline),
@@ -433,10 +470,35 @@ mod tests {
         ];
         for (owner, holds, token, deadline, want) in cases {
             assert_eq!(
-                Lock::from_loaded(owner, *holds, *token, *deadline, now),
+                Lock::from_loaded(LoadedFrom::Restore, owner, *holds, *token, *deadline, now),
                 Err(*want),
                 "{holds} {token} {deadline}"
             );
         }
+    }
+
+    #[test]
+    fn a_server_reloads_every_token_it_can_issue_but_a_restore_stops_lower() {
+        // After a RESTORE at the limit the server issues tokens above it;
+        // its own files (and its replicas) must still take them.
+        let mut g = TokenGenerator::default();
+        g.observe(MAX_RESTORED_TOKEN);
+        let issued = g.next(1).unwrap_or(0);
+        assert!(issued > MAX_RESTORED_TOKEN);
+        let now = 1_000;
+        assert!(Lock::from_loaded(LoadedFrom::Server, b"o", 1, issued, 5, now).is_ok());
+        assert!(Lock::from_loaded(LoadedFrom::Server, b"o", 1, MAX_TOKEN, 5, now).is_ok());
+        assert_eq!(
+            Lock::from_loaded(LoadedFrom::Restore, b"o", 1, issued, 5, now),
+            Err(InvalidLock::Token)
+        );
+        assert_eq!(
+            Lock::from_loaded(LoadedFrom::Server, b"o", 1, MAX_TOKEN + 1, 5, now),
+            Err(InvalidLock::Token)
+        );
+        assert_eq!(
+            Lock::from_loaded(LoadedFrom::Server, b"o", 1, 0, 5, now),
+            Err(InvalidLock::Token)
+        );
     }
 }
