@@ -8,7 +8,8 @@
 //! Layout: `cli` and `plan` (what to run, how big) → `server` (the server
 //! and its admin commands) → `locks` (the three implementations) →
 //! `scenarios` (one file per measurement) → `report` (JSON, Markdown, SVG,
-//! targets). `resp` is the load generator's small RESP2 client.
+//! targets); `resp` is the load generator's RESP client. `error` and
+//! `stats` are used by all and use none of them.
 
 mod cli;
 mod error;
@@ -21,28 +22,21 @@ mod server;
 mod stats;
 
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use clap::Parser as _;
 
 use cli::Options;
 use error::{BenchError, Result};
 use locks::Lock;
 use plan::Plan;
-use report::{Meta, Results};
+use report::results::{utc_date, Meta, Results};
 use scenarios::{Ctx, Scenario};
 use server::{Admin, Target};
 
 fn main() -> ExitCode {
-    let opts = match Options::parse(std::env::args().skip(1)) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("fencelock-bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if opts.help {
-        println!("{}", cli::USAGE);
-        return ExitCode::SUCCESS;
-    }
+    // Bad arguments: clap prints why and the usage, and exits with 2.
+    let opts = Options::parse();
     match run(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -60,7 +54,7 @@ fn run(opts: Options) -> Result<()> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let pinned = opts.pin && cpus >= 2;
+    let pinned = opts.pin() && cpus >= 2;
     if pinned {
         // The server on the first CPU, this process (still one thread) on the
         // last: each side gets a core of its own, as client and server on
@@ -79,15 +73,16 @@ fn run(opts: Options) -> Result<()> {
     let results = runtime.block_on(measure(&opts, &target, cpus, pinned))?;
     drop(target);
 
-    results.write(&opts.out)?;
+    let Some(results) = results else {
+        return Ok(()); // the client A/B wrote its own table
+    };
+    let out = opts.out();
+    report::write(&results, &out)?;
     print!(
         "{}",
-        report::markdown::render(&results, &opts.out.join("chart.svg").display().to_string())
+        report::markdown::render(&results, &out.join("chart.svg").display().to_string())
     );
-    eprintln!(
-        "wrote {}/results.{{json,md}} and chart.svg",
-        opts.out.display()
-    );
+    eprintln!("wrote {}/results.{{json,md}} and chart.svg", out.display());
     if opts.is_reference_run() {
         let root = testkit::workspace_root();
         for (readme, chart) in [
@@ -102,12 +97,19 @@ fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-async fn measure(opts: &Options, target: &Target, cores: usize, pinned: bool) -> Result<Results> {
+/// Runs the scenarios (or the client A/B: then `None`, it writes its own
+/// table).
+async fn measure(
+    opts: &Options,
+    target: &Target,
+    cores: usize,
+    pinned: bool,
+) -> Result<Option<Results>> {
     let started = Instant::now();
     let port = target.port();
     eprintln!(
         "fencelock-bench: {:?} mode, server 127.0.0.1:{port}{}",
-        opts.mode,
+        opts.mode(),
         target
             .pid()
             .map(|p| format!(" (pid {p})"))
@@ -115,13 +117,14 @@ async fn measure(opts: &Options, target: &Target, cores: usize, pinned: bool) ->
     );
     let mut admin = Admin::connect(port).await?;
     let mut locks = Vec::new();
-    for &imp in &opts.impls {
+    for imp in opts.impls() {
         locks.push(Lock::prepare(&mut admin.conn, imp).await?);
     }
+    let now = time::OffsetDateTime::now_utc();
     let meta = Meta {
-        date_utc: report::utc_date(unix_now()),
-        unix_time: unix_now(),
-        mode: Some(opts.mode),
+        date_utc: utc_date(now),
+        unix_time: u64::try_from(now.unix_timestamp()).unwrap_or(0),
+        mode: Some(opts.mode()),
         cores,
         cpu_model: cpu_model(),
         redis_version: admin.redis_version().await?,
@@ -133,7 +136,7 @@ async fn measure(opts: &Options, target: &Target, cores: usize, pinned: bool) ->
         },
         ..Meta::default()
     };
-    let plan = Plan::new(opts.mode, opts.seconds);
+    let plan = Plan::new(opts.mode(), opts.seconds);
     let mut results = Results::new(meta, plan.clone());
     let mut ctx = Ctx {
         port,
@@ -141,7 +144,12 @@ async fn measure(opts: &Options, target: &Target, cores: usize, pinned: bool) ->
         locks,
         admin,
     };
-    for &scenario in &opts.scenarios {
+    if opts.client_ab {
+        scenarios::client_ab::run(&mut ctx, &opts.out()).await?;
+        ctx.admin.flushall().await?;
+        return Ok(None);
+    }
+    for scenario in opts.scenarios() {
         let t = Instant::now();
         eprintln!("{}:", scenario.name());
         match scenario {
@@ -167,7 +175,7 @@ async fn measure(opts: &Options, target: &Target, cores: usize, pinned: bool) ->
     results.meta.elapsed_s = started.elapsed().as_secs_f64();
     results.targets = report::targets::evaluate(&results);
     check_sane(&results)?;
-    Ok(results)
+    Ok(Some(results))
 }
 
 /// Every measured figure must be a finite, non-negative number; anything
@@ -208,13 +216,6 @@ fn walk(v: &serde_json::Value, path: &str, bad: &mut Vec<String>) {
         }
         _ => {}
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn cpu_model() -> String {

@@ -5,7 +5,15 @@
 
 use serde::Serialize;
 
-use crate::cli::Mode;
+/// Quick or full sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Small sizes, well under a minute (smoke test, `make bench-quick`).
+    Quick,
+    /// The sizes of the issue (`make bench`).
+    Full,
+}
 
 /// Sizes and durations of every scenario.
 #[derive(Clone, Debug, Serialize)]
@@ -57,41 +65,38 @@ pub struct Plan {
 impl Plan {
     /// The plan for `mode`, with timed runs overridden by `seconds`.
     pub fn new(mode: Mode, seconds: Option<f64>) -> Plan {
+        let full = Plan {
+            mode,
+            tp_connections: 50,
+            tp_depths: vec![1, 16],
+            tp_seconds: 1.5,
+            tp_warmup: 0.3,
+            tp_rounds: 7,
+            cpu_keys: 200_000,
+            cpu_rounds: 5,
+            ho_clients: vec![2, 16, 64],
+            ho_hold_ms: vec![0, 1],
+            ho_seconds: 3.0,
+            fifo_waiters: 16,
+            exp_sizes: vec![1_000, 100_000, 1_000_000],
+            exp_spread_ms: 10_000,
+            exp_grace_ms: 20_000,
+            scale_sizes: vec![1_000, 1_000_000],
+            lat_samples: 20_000,
+            wd_locks: 100_000,
+            wd_ttl_ms: 30_000,
+            wd_seconds: 20.0,
+            wd_idle_seconds: 2.0,
+        };
         let mut p = match mode {
-            Mode::Full => Plan {
-                mode,
-                tp_connections: 50,
-                tp_depths: vec![1, 16],
-                tp_seconds: 1.5,
-                tp_warmup: 0.3,
-                tp_rounds: 7,
-                cpu_keys: 200_000,
-                cpu_rounds: 5,
-                ho_clients: vec![2, 16, 64],
-                ho_hold_ms: vec![0, 1],
-                ho_seconds: 3.0,
-                fifo_waiters: 16,
-                exp_sizes: vec![1_000, 100_000, 1_000_000],
-                exp_spread_ms: 10_000,
-                exp_grace_ms: 20_000,
-                scale_sizes: vec![1_000, 1_000_000],
-                lat_samples: 20_000,
-                wd_locks: 100_000,
-                wd_ttl_ms: 30_000,
-                wd_seconds: 20.0,
-                wd_idle_seconds: 2.0,
-            },
+            Mode::Full => full,
+            // Every scenario and configuration, at small sizes.
             Mode::Quick => Plan {
-                mode,
-                tp_connections: 50,
-                tp_depths: vec![1, 16],
                 tp_seconds: 0.5,
                 tp_warmup: 0.1,
                 tp_rounds: 1,
                 cpu_keys: 20_000,
                 cpu_rounds: 1,
-                ho_clients: vec![2, 16, 64],
-                ho_hold_ms: vec![0, 1],
                 ho_seconds: 0.3,
                 fifo_waiters: 8,
                 exp_sizes: vec![1_000, 20_000],
@@ -103,6 +108,7 @@ impl Plan {
                 wd_ttl_ms: 3_000,
                 wd_seconds: 2.0,
                 wd_idle_seconds: 0.5,
+                ..full
             },
         };
         if let Some(s) = seconds {

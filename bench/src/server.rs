@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use serde::Serialize;
-
 use crate::error::{BenchError, Result};
 use crate::resp::Conn;
 
@@ -82,14 +80,19 @@ pub fn pin(pid: u32, cpu: usize) -> Result<()> {
 }
 
 /// One line of `INFO commandstats`.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CmdStat {
     /// Calls since the last `CONFIG RESETSTAT`.
     pub calls: u64,
     /// Total microseconds spent in the command.
     pub usec: u64,
-    /// `usec / calls` as Redis reports it.
-    pub usec_per_call: f64,
+}
+
+impl CmdStat {
+    /// Microseconds per call (unrounded, unlike Redis's `usec_per_call`).
+    pub fn per_call(&self) -> f64 {
+        self.usec as f64 / self.calls.max(1) as f64
+    }
 }
 
 /// Admin helpers over one connection.
@@ -180,11 +183,14 @@ impl Admin {
             .ok_or_else(|| BenchError::unexpected("DBSIZE", &r))
     }
 
-    /// `INFO commandstats`, by command name (`set`, `evalsha`,
-    /// `lock.acquire`, ...).
-    pub async fn command_stats(&mut self) -> Result<HashMap<String, CmdStat>> {
+    /// The `INFO commandstats` line of one command (`set`, `evalsha`,
+    /// `lock.acquire`, ...); zeros when it was not called.
+    pub async fn command_stat(&mut self, command: &str) -> Result<CmdStat> {
         let info = self.info("commandstats").await?;
-        Ok(parse_command_stats(&info))
+        Ok(parse_command_stats(&info)
+            .get(command)
+            .copied()
+            .unwrap_or_default())
     }
 }
 
@@ -204,7 +210,6 @@ pub fn parse_command_stats(info: &str) -> HashMap<String, CmdStat> {
             match kv.split_once('=') {
                 Some(("calls", v)) => stat.calls = v.parse().unwrap_or(0),
                 Some(("usec", v)) => stat.usec = v.parse().unwrap_or(0),
-                Some(("usec_per_call", v)) => stat.usec_per_call = v.parse().unwrap_or(0.0),
                 _ => {}
             }
         }
@@ -222,6 +227,6 @@ mod tests {
         let info = "# Commandstats\r\ncmdstat_set:calls=10,usec=25,usec_per_call=2.50,rejected_calls=0,failed_calls=0\r\ncmdstat_lock.acquire:calls=4,usec=8,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n";
         let s = parse_command_stats(info);
         assert_eq!(s.get("set").map(|c| (c.calls, c.usec)), Some((10, 25)));
-        assert_eq!(s.get("lock.acquire").map(|c| c.usec_per_call), Some(2.0));
+        assert_eq!(s.get("lock.acquire").map(CmdStat::per_call), Some(2.0));
     }
 }

@@ -1,9 +1,10 @@
-//! Percentiles and a small deterministic random generator (no dependency:
-//! the benchmark only needs jitter and spread, not cryptographic quality).
+//! Distributions (HdrHistogram) and the median of a few repeated runs.
+
+use std::time::Duration;
 
 use serde::Serialize;
 
-/// p50 / p99 / max of a sample, in the unit the caller chose.
+/// p50 / p99 / max / min of a distribution, in the unit the caller chose.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Summary {
     /// Number of samples.
@@ -18,71 +19,84 @@ pub struct Summary {
     pub min: f64,
 }
 
-impl Summary {
-    /// Summarises `samples` (sorted in place; nearest-rank percentiles).
-    /// An empty sample gives all zeros with `count` 0.
-    pub fn of(samples: &mut [f64]) -> Summary {
-        if samples.is_empty() {
+/// A distribution of non-negative integer samples (nanoseconds,
+/// microseconds, ...), kept to 3 significant digits: an HdrHistogram,
+/// which also merges the histograms of many clients.
+#[derive(Clone, Debug)]
+pub struct Histogram(hdrhistogram::Histogram<u64>);
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram::new()
+    }
+}
+
+impl Histogram {
+    /// An empty histogram (it grows to whatever is recorded).
+    #[expect(
+        clippy::expect_used,
+        reason = "new() fails only for a precision outside 0..=5"
+    )]
+    pub fn new() -> Histogram {
+        Histogram(hdrhistogram::Histogram::new(3).expect("3 significant digits is valid"))
+    }
+
+    /// Records one sample.
+    pub fn record(&mut self, value: u64) {
+        // `record` grows the histogram; only a value beyond what any size
+        // can track fails, and is then clamped to the largest trackable.
+        if self.0.record(value).is_err() {
+            self.0.saturating_record(value);
+        }
+    }
+
+    /// Records a duration in nanoseconds.
+    pub fn record_ns(&mut self, d: Duration) {
+        self.record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Adds every sample of `other`.
+    pub fn add(&mut self, other: &Histogram) {
+        // Both auto-resize, so adding cannot run out of range.
+        let _ = self.0.add(&other.0);
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The nearest-rank percentiles, each divided by `per_unit` (e.g. 1000
+    /// for nanoseconds shown as µs). An empty histogram gives all zeros.
+    pub fn summary(&self, per_unit: f64) -> Summary {
+        let h = &self.0;
+        if h.is_empty() {
             return Summary::default();
         }
-        samples.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            samples.get(rank - 1).copied().unwrap_or(0.0)
-        };
+        let at = |v: u64| v as f64 / per_unit;
         Summary {
-            count: samples.len(),
-            p50: at(0.50),
-            p99: at(0.99),
-            max: samples.last().copied().unwrap_or(0.0),
-            min: samples.first().copied().unwrap_or(0.0),
+            count: usize::try_from(h.len()).unwrap_or(usize::MAX),
+            p50: at(h.value_at_quantile(0.50)),
+            p99: at(h.value_at_quantile(0.99)),
+            max: at(h.max()),
+            min: at(h.min()),
         }
     }
 }
 
-/// The median of a few repeated measurements.
+/// The median of a few repeated measurements (the lower middle one for an
+/// even count; 0 for none).
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
-    Summary::of(&mut v).p50
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0.0)
 }
 
-/// xorshift64* — fast, deterministic per seed.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (any value; 0 is remapped).
-    pub fn new(seed: u64) -> Rng {
-        Rng(splitmix(seed) | 1)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-}
-
-/// SplitMix64: spreads any integer over 64 bits (used for seeds and for
-/// deterministic owner strings).
-pub fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
+/// The smallest and the largest of `values` ((0, 0) for none).
+pub fn range(values: &[f64]) -> (f64, f64) {
+    let lo = values.iter().copied().reduce(f64::min).unwrap_or(0.0);
+    let hi = values.iter().copied().reduce(f64::max).unwrap_or(0.0);
+    (lo, hi)
 }
 
 #[cfg(test)]
@@ -91,8 +105,9 @@ mod tests {
 
     #[test]
     fn percentiles_use_nearest_rank() {
-        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
-        let s = Summary::of(&mut v);
+        let mut h = Histogram::new();
+        (1..=100).for_each(|v| h.record(v));
+        let s = h.summary(1.0);
         assert_eq!(
             (s.p50, s.p99, s.max, s.min, s.count),
             (50.0, 99.0, 100.0, 1.0, 100)
@@ -100,16 +115,28 @@ mod tests {
     }
 
     #[test]
-    fn empty_sample_is_all_zero() {
-        let s = Summary::of(&mut []);
-        assert_eq!(s.count, 0);
-        assert_eq!(s.p99, 0.0);
+    fn large_values_keep_three_digits_and_histograms_merge() {
+        let (mut a, mut b) = (Histogram::new(), Histogram::new());
+        a.record_ns(Duration::from_micros(9_510));
+        b.record_ns(Duration::from_secs(5));
+        a.add(&b);
+        let s = a.summary(1000.0);
+        assert_eq!(s.count, 2);
+        assert!((s.min - 9_510.0).abs() / 9_510.0 < 1e-3, "{s:?}");
+        assert!((s.max - 5e6).abs() / 5e6 < 1e-3, "{s:?}");
     }
 
     #[test]
-    fn rng_stays_in_range() {
-        let mut r = Rng::new(7);
-        assert!((0..1000).all(|_| r.below(10) < 10));
-        assert_eq!(r.below(0), 0);
+    fn empty_is_all_zero() {
+        let s = Histogram::new().summary(1.0);
+        assert_eq!((s.count, s.p99), (0, 0.0));
+    }
+
+    #[test]
+    fn median_and_range_of_rounds() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.0);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(range(&[3.0, 1.0, 2.0]), (1.0, 3.0));
     }
 }

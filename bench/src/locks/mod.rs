@@ -9,6 +9,7 @@
 //! - [`Impl::Redisson`]: baseline 2, a Redisson-style reentrant hash lock
 //!   (`redisson.rs`).
 
+mod common;
 mod module;
 mod redisson;
 mod setnx;
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 use crate::error::{BenchError, Result};
 use crate::resp::{Conn, Reply};
-use crate::stats::Rng;
+pub use common::{Acquired, Client, Link, Queue, WaitOutcome};
 
 /// Which lock implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -55,29 +56,39 @@ impl Impl {
             Impl::Redisson => "Redisson-style Lua",
         }
     }
+}
 
-    /// Parses a command-line name.
-    pub fn parse(s: &str) -> Option<Impl> {
-        Impl::ALL.into_iter().find(|i| i.name() == s)
+/// `--impls` takes the names of [`Impl::name`].
+impl clap::ValueEnum for Impl {
+    fn value_variants<'a>() -> &'a [Impl] {
+        &Impl::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 
-/// What an acquire reply says.
+/// One of the three lock operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Acquired {
-    /// The lock is ours.
-    Granted,
-    /// Another owner holds it; its remaining ttl when the reply tells.
-    Busy { holder_ttl_ms: Option<i64> },
+pub enum Op {
+    /// Take the lock.
+    Acquire,
+    /// Extend the lease.
+    Renew,
+    /// Give the lock up.
+    Release,
 }
 
-/// How one blocking acquire ended.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WaitOutcome {
-    /// True when the lock was granted before the give-up time.
-    pub granted: bool,
-    /// Acquire requests answered "busy" (or a timed-out wait) on the way.
-    pub wasted: u64,
+impl Op {
+    /// `acquire`, `renew` or `release` (tables, JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Acquire => "acquire",
+            Op::Renew => "renew",
+            Op::Release => "release",
+        }
+    }
 }
 
 /// The SHA1s of the baselines' Lua scripts, loaded once per server.
@@ -95,15 +106,6 @@ struct Shas {
 pub struct Lock {
     imp: Impl,
     shas: Arc<Shas>,
-}
-
-/// The connections one lock client uses: commands, and for the Redisson
-/// baseline a second one for pub/sub.
-pub struct Client {
-    /// Commands.
-    pub cmd: Conn,
-    /// Subscriptions (Redisson baseline only).
-    pub sub: Option<Conn>,
 }
 
 impl Lock {
@@ -144,30 +146,38 @@ impl Lock {
         self.imp
     }
 
-    /// The `INFO commandstats` names of the commands that carry acquire,
-    /// release and renew (`EVALSHA` for the Lua ones).
-    pub fn stat_names(&self) -> [&'static str; 3] {
-        match self.imp {
-            Impl::Module => ["lock.acquire", "lock.release", "lock.renew"],
-            Impl::SetNx => ["set", "evalsha", "evalsha"],
-            Impl::Redisson => ["evalsha", "evalsha", "evalsha"],
+    /// The `INFO commandstats` name of the command that carries `op`
+    /// (`evalsha` for the Lua ones).
+    pub fn stat_name(&self, op: Op) -> &'static str {
+        match (self.imp, op) {
+            (Impl::Module, Op::Acquire) => "lock.acquire",
+            (Impl::Module, Op::Renew) => "lock.renew",
+            (Impl::Module, Op::Release) => "lock.release",
+            (Impl::SetNx, Op::Acquire) => "set",
+            _ => "evalsha",
         }
+    }
+
+    /// True when a client of this implementation waits on a subscription.
+    pub fn waits_on_pubsub(&self) -> bool {
+        self.imp == Impl::Redisson
     }
 
     /// Opens the connections one lock client needs.
     pub async fn client(&self, port: u16) -> Result<Client> {
-        let cmd = Conn::connect(port).await?;
-        let sub = match self.imp {
-            Impl::Redisson => Some(Conn::connect(port).await?),
-            _ => None,
-        };
-        Ok(Client { cmd, sub })
+        Client::connect(port, self.waits_on_pubsub()).await
     }
 
     /// Queues a non-blocking acquire.
-    pub fn queue_acquire(&self, c: &mut Conn, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
+    pub fn queue_acquire<Q: Queue + ?Sized>(
+        &self,
+        c: &mut Q,
+        key: &[u8],
+        owner: &[u8],
+        ttl_ms: &[u8],
+    ) {
         match self.imp {
-            Impl::Module => module::queue_acquire(c, key, owner, ttl_ms, None),
+            Impl::Module => module::queue_acquire(c, key, owner, ttl_ms),
             Impl::SetNx => setnx::queue_acquire(c, key, owner, ttl_ms),
             Impl::Redisson => {
                 redisson::queue_acquire(c, &self.shas.redisson_acquire, key, owner, ttl_ms)
@@ -176,7 +186,13 @@ impl Lock {
     }
 
     /// Queues a release.
-    pub fn queue_release(&self, c: &mut Conn, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
+    pub fn queue_release<Q: Queue + ?Sized>(
+        &self,
+        c: &mut Q,
+        key: &[u8],
+        owner: &[u8],
+        ttl_ms: &[u8],
+    ) {
         match self.imp {
             Impl::Module => module::queue_release(c, key, owner),
             Impl::SetNx => setnx::queue_release(c, &self.shas.setnx_release, key, owner),
@@ -187,7 +203,13 @@ impl Lock {
     }
 
     /// Queues a renewal (lease = now + ttl).
-    pub fn queue_renew(&self, c: &mut Conn, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
+    pub fn queue_renew<Q: Queue + ?Sized>(
+        &self,
+        c: &mut Q,
+        key: &[u8],
+        owner: &[u8],
+        ttl_ms: &[u8],
+    ) {
         match self.imp {
             Impl::Module => module::queue_renew(c, key, owner, ttl_ms),
             Impl::SetNx => setnx::queue_renew(c, &self.shas.setnx_renew, key, owner, ttl_ms),
@@ -199,20 +221,10 @@ impl Lock {
 
     /// Reads an acquire reply.
     pub fn acquired(&self, r: &Reply) -> Result<Acquired> {
-        let a = match (self.imp, r) {
-            (Impl::Module, Reply::Int(_)) => Some(Acquired::Granted),
-            (Impl::Module, Reply::Nil) => Some(Acquired::Busy {
-                holder_ttl_ms: None,
-            }),
-            (Impl::SetNx, Reply::Status(s)) if s == "OK" => Some(Acquired::Granted),
-            (Impl::SetNx, Reply::Nil) => Some(Acquired::Busy {
-                holder_ttl_ms: None,
-            }),
-            (Impl::Redisson, Reply::Nil) => Some(Acquired::Granted),
-            (Impl::Redisson, Reply::Int(ttl)) => Some(Acquired::Busy {
-                holder_ttl_ms: Some(*ttl),
-            }),
-            _ => None,
+        let a = match self.imp {
+            Impl::Module => module::acquired(r),
+            Impl::SetNx => setnx::acquired(r),
+            Impl::Redisson => redisson::acquired(r),
         };
         a.ok_or_else(|| BenchError::unexpected(&format!("{} acquire", self.imp.name()), r))
     }
@@ -249,23 +261,19 @@ impl Lock {
     /// out. Gives up at `give_up`.
     pub async fn acquire_waiting(
         &self,
-        client: &mut Client,
+        client: &mut impl Link,
         key: &[u8],
         owner: &[u8],
         ttl_ms: &[u8],
         give_up: Instant,
-        rng: &mut Rng,
+        rng: &mut fastrand::Rng,
     ) -> Result<WaitOutcome> {
         match self.imp {
-            Impl::Module => {
-                module::acquire_waiting(&mut client.cmd, key, owner, ttl_ms, give_up).await
-            }
-            Impl::SetNx => {
-                setnx::acquire_waiting(self, &mut client.cmd, key, owner, ttl_ms, give_up, rng)
-                    .await
-            }
+            Impl::Module => module::acquire_waiting(client, key, owner, ttl_ms, give_up).await,
+            Impl::SetNx => setnx::acquire_waiting(client, key, owner, ttl_ms, give_up, rng).await,
             Impl::Redisson => {
-                redisson::acquire_waiting(self, client, key, owner, ttl_ms, give_up).await
+                let sha = &self.shas.redisson_acquire;
+                redisson::acquire_waiting(client, sha, key, owner, ttl_ms, give_up).await
             }
         }
     }
@@ -273,28 +281,28 @@ impl Lock {
     /// One non-blocking acquire attempt, sent and answered.
     pub async fn try_acquire(
         &self,
-        c: &mut Conn,
+        c: &mut impl Link,
         key: &[u8],
         owner: &[u8],
         ttl_ms: &[u8],
     ) -> Result<Acquired> {
-        self.queue_acquire(c, key, owner, ttl_ms);
-        c.flush().await?;
-        let r = c.read_reply().await?;
+        let r = c
+            .call(|q| self.queue_acquire(q, key, owner, ttl_ms))
+            .await?;
         self.acquired(&r)
     }
 
     /// A release, sent and answered; an error when `owner` did not hold it.
     pub async fn release(
         &self,
-        c: &mut Conn,
+        c: &mut impl Link,
         key: &[u8],
         owner: &[u8],
         ttl_ms: &[u8],
     ) -> Result<()> {
-        self.queue_release(c, key, owner, ttl_ms);
-        c.flush().await?;
-        let r = c.read_reply().await?;
+        let r = c
+            .call(|q| self.queue_release(q, key, owner, ttl_ms))
+            .await?;
         if self.released(&r)? {
             Ok(())
         } else {

@@ -2,35 +2,37 @@
 
 use std::time::{Duration, Instant};
 
+use super::common::{Acquired, Link, Queue, WaitOutcome};
 use crate::error::{BenchError, Result};
-use crate::locks::WaitOutcome;
-use crate::resp::{Conn, Reply};
+use crate::resp::Reply;
 
-pub(super) fn queue_acquire(
-    c: &mut Conn,
-    key: &[u8],
-    owner: &[u8],
-    ttl_ms: &[u8],
-    wait_ms: Option<&[u8]>,
-) {
-    match wait_ms {
-        None => c.queue(&[b"LOCK.ACQUIRE", key, owner, ttl_ms]),
-        Some(w) => c.queue(&[b"LOCK.ACQUIRE", key, owner, ttl_ms, b"WAIT", w]),
-    }
+pub(super) fn queue_acquire<Q: Queue + ?Sized>(c: &mut Q, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
+    c.queue(&[b"LOCK.ACQUIRE", key, owner, ttl_ms]);
 }
 
-pub(super) fn queue_release(c: &mut Conn, key: &[u8], owner: &[u8]) {
+pub(super) fn queue_release<Q: Queue + ?Sized>(c: &mut Q, key: &[u8], owner: &[u8]) {
     c.queue(&[b"LOCK.RELEASE", key, owner]);
 }
 
-pub(super) fn queue_renew(c: &mut Conn, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
+pub(super) fn queue_renew<Q: Queue + ?Sized>(c: &mut Q, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
     c.queue(&[b"LOCK.RENEW", key, owner, ttl_ms]);
+}
+
+/// `LOCK.ACQUIRE`: the fencing token when granted, nil when held by another.
+pub(super) fn acquired(r: &Reply) -> Option<Acquired> {
+    match r {
+        Reply::Int(_) => Some(Acquired::Granted),
+        Reply::Nil => Some(Acquired::Busy {
+            holder_ttl_ms: None,
+        }),
+        _ => None,
+    }
 }
 
 /// One `LOCK.ACQUIRE ... WAIT`: the server queues the request and answers
 /// when the lock is handed over (or the wait times out: nil).
 pub(super) async fn acquire_waiting(
-    c: &mut Conn,
+    c: &mut impl Link,
     key: &[u8],
     owner: &[u8],
     ttl_ms: &[u8],
@@ -40,21 +42,26 @@ pub(super) async fn acquire_waiting(
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
     let wait_ms = wait.as_millis().to_string();
-    queue_acquire(c, key, owner, ttl_ms, Some(wait_ms.as_bytes()));
-    c.flush().await?;
-    let before = c.read_timeout;
-    c.read_timeout = wait + Duration::from_secs(10);
-    let r = c.read_reply().await;
-    c.read_timeout = before;
-    match r? {
-        Reply::Int(_) => Ok(WaitOutcome {
-            granted: true,
-            wasted: 0,
+    let queue = |q: &mut dyn Queue| {
+        q.queue(&[
+            b"LOCK.ACQUIRE",
+            key,
+            owner,
+            ttl_ms,
+            b"WAIT",
+            wait_ms.as_bytes(),
+        ]);
+    };
+    let Some(r) = c.call_within(queue, wait + Duration::from_secs(10)).await? else {
+        return Err(BenchError::Timeout(format!(
+            "LOCK.ACQUIRE WAIT {wait_ms} did not answer"
+        )));
+    };
+    match acquired(&r) {
+        Some(a) => Ok(WaitOutcome {
+            granted: a == Acquired::Granted,
+            wasted: u64::from(a != Acquired::Granted),
         }),
-        Reply::Nil => Ok(WaitOutcome {
-            granted: false,
-            wasted: 1,
-        }),
-        other => Err(BenchError::unexpected("LOCK.ACQUIRE WAIT", &other)),
+        None => Err(BenchError::unexpected("LOCK.ACQUIRE WAIT", &r)),
     }
 }

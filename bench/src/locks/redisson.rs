@@ -11,9 +11,9 @@
 
 use std::time::{Duration, Instant};
 
+use super::common::{Acquired, Link, Queue, WaitOutcome};
 use crate::error::{BenchError, Result};
-use crate::locks::{Acquired, Client, Lock, WaitOutcome};
-use crate::resp::{Conn, Reply};
+use crate::resp::Reply;
 
 /// KEYS[1] = lock hash, ARGV[1] = ttl ms, ARGV[2] = owner.
 /// Returns nil when the caller now holds the lock, else the holder's pttl.
@@ -58,11 +58,23 @@ fn channel(key: &[u8]) -> Vec<u8> {
     c
 }
 
-pub(super) fn queue_acquire(c: &mut Conn, sha: &str, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
+pub(super) fn queue_acquire<Q: Queue + ?Sized>(
+    c: &mut Q,
+    sha: &str,
+    key: &[u8],
+    owner: &[u8],
+    ttl_ms: &[u8],
+) {
     c.queue(&[b"EVALSHA", sha.as_bytes(), b"1", key, ttl_ms, owner]);
 }
 
-pub(super) fn queue_release(c: &mut Conn, sha: &str, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
+pub(super) fn queue_release<Q: Queue + ?Sized>(
+    c: &mut Q,
+    sha: &str,
+    key: &[u8],
+    owner: &[u8],
+    ttl_ms: &[u8],
+) {
     let ch = channel(key);
     c.queue(&[
         b"EVALSHA",
@@ -76,53 +88,50 @@ pub(super) fn queue_release(c: &mut Conn, sha: &str, key: &[u8], owner: &[u8], t
     ]);
 }
 
-pub(super) fn queue_renew(c: &mut Conn, sha: &str, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
+pub(super) fn queue_renew<Q: Queue + ?Sized>(
+    c: &mut Q,
+    sha: &str,
+    key: &[u8],
+    owner: &[u8],
+    ttl_ms: &[u8],
+) {
     c.queue(&[b"EVALSHA", sha.as_bytes(), b"1", key, ttl_ms, owner]);
 }
 
-/// Is `r` a pub/sub frame of `kind` ("message", "subscribe", ...)?
-fn is_frame(r: &Reply, kind: &[u8]) -> bool {
-    matches!(r, Reply::Array(items) if matches!(items.first(), Some(Reply::Bulk(k)) if k == kind))
-}
-
-/// Subscribes and waits for the confirmation; anything before it (messages
-/// and acknowledgements of an earlier subscription) is stale and dropped.
-async fn subscribe(sub: &mut Conn, ch: &[u8]) -> Result<()> {
-    sub.queue(&[b"SUBSCRIBE", ch]);
-    sub.flush().await?;
-    for _ in 0..100_000 {
-        let r = sub.read_reply().await?;
-        if is_frame(&r, b"subscribe") {
-            return Ok(());
-        }
-        if let Reply::Error(_) = r {
-            return Err(BenchError::unexpected("SUBSCRIBE", &r));
-        }
+/// The acquire script: nil when granted, else the holder's remaining ttl.
+pub(super) fn acquired(r: &Reply) -> Option<Acquired> {
+    match r {
+        Reply::Nil => Some(Acquired::Granted),
+        Reply::Int(ttl) => Some(Acquired::Busy {
+            holder_ttl_ms: Some(*ttl),
+        }),
+        _ => None,
     }
-    Err(BenchError::Protocol("no SUBSCRIBE confirmation".into()))
 }
 
-async fn unsubscribe(sub: &mut Conn, ch: &[u8]) -> Result<()> {
-    // Not awaited: the acknowledgement is skipped by the next subscribe.
-    sub.queue(&[b"UNSUBSCRIBE", ch]);
-    sub.flush().await
+async fn try_acquire(
+    c: &mut impl Link,
+    sha: &str,
+    key: &[u8],
+    owner: &[u8],
+    ttl_ms: &[u8],
+) -> Result<Acquired> {
+    let r = c
+        .call(|q| queue_acquire(q, sha, key, owner, ttl_ms))
+        .await?;
+    acquired(&r).ok_or_else(|| BenchError::unexpected("Redisson-style acquire", &r))
 }
 
+/// Acquires, waiting on the lock's channel for release messages.
 pub(super) async fn acquire_waiting(
-    lock: &Lock,
-    client: &mut Client,
+    c: &mut impl Link,
+    sha: &str,
     key: &[u8],
     owner: &[u8],
     ttl_ms: &[u8],
     give_up: Instant,
 ) -> Result<WaitOutcome> {
-    let Client { cmd, sub } = client;
-    let Some(sub) = sub.as_mut() else {
-        return Err(BenchError::Setup(
-            "Redisson client without a pub/sub connection".into(),
-        ));
-    };
-    if lock.try_acquire(cmd, key, owner, ttl_ms).await? == Acquired::Granted {
+    if try_acquire(c, sha, key, owner, ttl_ms).await? == Acquired::Granted {
         return Ok(WaitOutcome {
             granted: true,
             wasted: 0,
@@ -130,11 +139,11 @@ pub(super) async fn acquire_waiting(
     }
     let mut wasted = 1;
     let ch = channel(key);
-    subscribe(sub, &ch).await?;
+    c.subscribe(&ch).await?;
     loop {
-        let holder_ttl = match lock.try_acquire(cmd, key, owner, ttl_ms).await? {
+        let holder_ttl = match try_acquire(c, sha, key, owner, ttl_ms).await? {
             Acquired::Granted => {
-                unsubscribe(sub, &ch).await?;
+                c.unsubscribe(&ch).await?;
                 return Ok(WaitOutcome {
                     granted: true,
                     wasted,
@@ -145,7 +154,7 @@ pub(super) async fn acquire_waiting(
         wasted += 1;
         let now = Instant::now();
         if now >= give_up {
-            unsubscribe(sub, &ch).await?;
+            c.unsubscribe(&ch).await?;
             return Ok(WaitOutcome {
                 granted: false,
                 wasted,
@@ -157,11 +166,7 @@ pub(super) async fn acquire_waiting(
         let bound = ttl.min(give_up - now);
         if !bound.is_zero() {
             // A message, or the bound passing, both mean: try again.
-            while let Some(r) = sub.read_reply_within(bound).await? {
-                if is_frame(&r, b"message") {
-                    break;
-                }
-            }
+            c.message_within(bound).await?;
         }
     }
 }

@@ -4,40 +4,20 @@
 use std::fmt::Write as _;
 
 use crate::locks::Impl;
-use crate::report::Results;
+use crate::plan::Mode;
+use crate::report::format::{num, short};
+use crate::report::results::Results;
+use crate::report::targets::round_ratios;
+use crate::stats::range;
 
-/// A number for a table: thousands separated above 1000, fewer decimals
-/// the larger it is.
-pub fn num(v: f64) -> String {
-    if !v.is_finite() {
-        return "–".into();
+/// A table's header row and rule.
+fn head<S: AsRef<str>>(s: &mut String, columns: &[S]) {
+    for c in columns {
+        let _ = write!(s, "| {} ", c.as_ref());
     }
-    let a = v.abs();
-    if a >= 1000.0 {
-        let s = format!("{:.0}", a);
-        let mut out = String::new();
-        for (i, ch) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(ch);
-        }
-        if v < 0.0 {
-            out.insert(0, '-');
-        }
-        out
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-/// Thousands as `123k`.
-fn short_k(v: f64) -> String {
-    format!("{:.0}k", v / 1000.0)
+    s.push_str("|\n");
+    s.push_str(&"|---".repeat(columns.len()));
+    s.push_str("|\n");
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -62,7 +42,7 @@ pub fn render(r: &Results, chart: &str) -> String {
 fn header(s: &mut String, r: &Results, chart: &str) {
     let m = &r.meta;
     let mode = match m.mode {
-        Some(crate::cli::Mode::Quick) => "quick",
+        Some(Mode::Quick) => "quick",
         _ => "full",
     };
     let placement = if m.pinned {
@@ -93,10 +73,8 @@ fn targets(s: &mut String, r: &Results) {
     if r.targets.is_empty() {
         return;
     }
-    let _ = writeln!(
-        s,
-        "#### Targets\n\n| # | target | measured | verdict |\n|---|---|---|---|"
-    );
+    s.push_str("#### Targets\n\n");
+    head(s, &["#", "target", "measured", "verdict"]);
     for t in &r.targets {
         let verdict = match t.met {
             Some(true) => "met",
@@ -130,15 +108,10 @@ fn throughput(s: &mut String, r: &Results) {
         "#### 1. Uncontended acquire+release cycles per second ({conns} connections, distinct keys; median of {} interleaved runs of {} s, range in brackets; ratios are medians of per-run ratios)\n",
         r.plan.tp_rounds, r.plan.tp_seconds
     );
-    let mut head = "| pipeline depth |".to_string();
-    let mut rule = "|---|".to_string();
-    for i in &impls {
-        let _ = write!(head, " {} |", i.label());
-        rule.push_str("---|");
-    }
-    head.push_str(" fencelock ÷ SET NX | fencelock ÷ Redisson |");
-    rule.push_str("---|---|");
-    let _ = writeln!(s, "{head}\n{rule}");
+    let mut columns = vec!["pipeline depth"];
+    columns.extend(impls.iter().map(|i| i.label()));
+    columns.extend(["fencelock ÷ SET NX", "fencelock ÷ Redisson"]);
+    head(s, &columns);
     for &d in &r.plan.tp_depths {
         let get = |imp| {
             r.throughput
@@ -153,19 +126,18 @@ fn throughput(s: &mut String, r: &Results) {
                 .iter()
                 .find(|x| x.imp == i && x.depth == d)
                 .map(|x| {
-                    let lo = x.rounds.iter().copied().fold(f64::MAX, f64::min);
-                    let hi = x.rounds.iter().copied().fold(f64::MIN, f64::max);
+                    let (lo, hi) = range(&x.rounds);
                     format!(
                         " ({}–{}; server CPU {:.0}%)",
-                        short_k(lo),
-                        short_k(hi),
+                        short(lo),
+                        short(hi),
                         x.server_cpu_pct
                     )
                 })
                 .unwrap_or_default();
             let _ = write!(line, " {}{cpu} |", opt(get(i)));
         }
-        let ratio = |b| match crate::report::targets::round_ratios(r, b, d) {
+        let ratio = |b| match round_ratios(r, b, d) {
             Some((m, lo, hi)) => format!("{m:.2}× ({lo:.2}–{hi:.2})"),
             None => "–".into(),
         };
@@ -191,13 +163,9 @@ fn cpu(s: &mut String, r: &Results) {
         num(r.plan.cpu_keys as f64),
         r.plan.cpu_rounds
     );
-    let mut head = "| operation |".to_string();
-    let mut rule = "|---|".to_string();
-    for i in &impls {
-        let _ = write!(head, " {} |", i.label());
-        rule.push_str("---|");
-    }
-    let _ = writeln!(s, "{head}\n{rule}");
+    let mut columns = vec!["operation"];
+    columns.extend(impls.iter().map(|i| i.label()));
+    head(s, &columns);
     for op in ["acquire", "release", "renew"] {
         let mut line = format!("| {op} |");
         for &i in &impls {
@@ -220,9 +188,22 @@ fn handoff(s: &mut String, r: &Results) {
             "#### 3. Contended hand-off on one key ({} s per run; latency = release sent → next holder answered)\n",
             r.plan.ho_seconds
         );
-        let _ = writeln!(
+        head(
             s,
-            "| clients | hold ms | implementation | hand-offs/s | p50 µs | p99 µs | max µs | p99 to another client µs | back to releaser | wasted per acquisition | overtakes | longest wait ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+            &[
+                "clients",
+                "hold ms",
+                "implementation",
+                "hand-offs/s",
+                "p50 µs",
+                "p99 µs",
+                "max µs",
+                "p99 to another client µs",
+                "back to releaser",
+                "wasted per acquisition",
+                "overtakes",
+                "longest wait ms",
+            ],
         );
         for x in &r.handoff {
             let _ = writeln!(
@@ -251,9 +232,10 @@ fn handoff(s: &mut String, r: &Results) {
     if !r.fifo.is_empty() {
         let _ = writeln!(
             s,
-            "FIFO check ({} waiters start one by one, 20 ms apart, behind a holder):\n\n| implementation | grant order | inversions | FIFO |\n|---|---|---|---|",
+            "FIFO check ({} waiters start one by one, 20 ms apart, behind a holder):\n",
             r.plan.fifo_waiters
         );
+        head(s, &["implementation", "grant order", "inversions", "FIFO"]);
         for f in &r.fifo {
             let order: Vec<String> = f.order.iter().map(usize::to_string).collect();
             let _ = writeln!(
@@ -278,9 +260,18 @@ fn expiry(s: &mut String, r: &Results) {
         "#### 4. Lease-expiry lateness (removal seen − deadline; deadlines spread over {} s, none renewed)\n",
         r.plan.exp_spread_ms as f64 / 1000.0
     );
-    let _ = writeln!(
+    head(
         s,
-        "| leases | implementation | p50 ms | p99 ms | max ms | removed | not removed | load time s |\n|---|---|---|---|---|---|---|---|"
+        &[
+            "leases",
+            "implementation",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "removed",
+            "not removed",
+            "load time s",
+        ],
     );
     for x in &r.expiry {
         let name = match x.imp {
@@ -310,9 +301,19 @@ fn scale(s: &mut String, r: &Results) {
         s,
         "#### 5–6. Memory per lock, acquire latency vs live locks, RDB (16-byte keys, 36-byte owners)\n"
     );
-    let _ = writeln!(
+    head(
         s,
-        "| implementation | live locks | bytes per lock | acquire p50 µs | p99 µs | server µs/call | SAVE ms | load ms | RDB MB |\n|---|---|---|---|---|---|---|---|---|"
+        &[
+            "implementation",
+            "live locks",
+            "bytes per lock",
+            "acquire p50 µs",
+            "p99 µs",
+            "server µs/call",
+            "SAVE ms",
+            "load ms",
+            "RDB MB",
+        ],
     );
     for x in &r.scale {
         let _ = writeln!(
@@ -341,9 +342,18 @@ fn watchdog(s: &mut String, r: &Results) {
         "#### 7. Watchdog load (held locks renewed every ttl/3, {} s)\n",
         r.plan.wd_seconds
     );
-    let _ = writeln!(
+    head(
         s,
-        "| implementation | locks | ttl ms | renewals/s (target) | server CPU % | idle CPU % | µs/call | CPU µs per renewal |\n|---|---|---|---|---|---|---|---|"
+        &[
+            "implementation",
+            "locks",
+            "ttl ms",
+            "renewals/s (target)",
+            "server CPU %",
+            "idle CPU %",
+            "µs/call",
+            "CPU µs per renewal",
+        ],
     );
     for x in &r.watchdog {
         let _ = writeln!(
@@ -361,19 +371,4 @@ fn watchdog(s: &mut String, r: &Results) {
         );
     }
     s.push('\n');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_read_well() {
-        assert_eq!(num(1_234_567.4), "1,234,567");
-        assert_eq!(num(123.4), "123");
-        assert_eq!(num(12.34), "12.3");
-        assert_eq!(num(1.234), "1.23");
-        assert_eq!(num(-2500.0), "-2,500");
-        assert_eq!(num(f64::NAN), "–");
-    }
 }

@@ -1,109 +1,32 @@
-//! Everything one run measured, and how it is written out: JSON for
-//! machines (`results.json`), Markdown for people (`results.md`, standard
-//! output, the Performance block of bench/README.md) and an SVG chart
-//! (`chart.svg`), with every target of the issue judged (`targets`).
+//! How one run is written out: JSON for machines (`results.json`),
+//! Markdown for people (`results.md`, standard output, the Performance
+//! blocks of the READMEs) and an SVG chart (`chart.svg`), with every target
+//! of the issue judged (`targets`).
 
+pub mod format;
 pub mod markdown;
+pub mod results;
 pub mod svg;
 pub mod targets;
 
 use std::path::Path;
 
-use serde::Serialize;
-
-use crate::cli::Mode;
 use crate::error::Result;
-use crate::plan::Plan;
-use crate::scenarios::cpu::CpuRow;
-use crate::scenarios::expiry::ExpiryRow;
-use crate::scenarios::handoff::{FifoRow, HandoffRow};
-use crate::scenarios::scale::ScaleRow;
-use crate::scenarios::throughput::ThroughputRow;
-use crate::scenarios::watchdog::WatchdogRow;
-use targets::TargetResult;
+use results::Results;
 
-/// Where and when the run happened.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Meta {
-    /// Start, `YYYY-MM-DD HH:MM UTC`.
-    pub date_utc: String,
-    /// Start, Unix seconds.
-    pub unix_time: u64,
-    /// `quick` or `full`.
-    pub mode: Option<Mode>,
-    /// Logical CPUs.
-    pub cores: usize,
-    /// CPU model from /proc/cpuinfo.
-    pub cpu_model: String,
-    /// `redis_version` of the server.
-    pub redis_version: String,
-    /// /proc/loadavg when the run started and when it ended (the machine
-    /// may be shared; a high load makes every number noisier).
-    pub load_avg_start: String,
-    /// See `load_avg_start`.
-    pub load_avg_end: String,
-    /// True when the server ran pinned to the first CPU and the load
-    /// generator (one thread) to the last.
-    pub pinned: bool,
-    /// The module file, when the benchmark started the server.
-    pub module: Option<String>,
-    /// Wall time of the whole run, s.
-    pub elapsed_s: f64,
-}
-
-/// Everything measured.
-#[derive(Clone, Debug, Serialize)]
-pub struct Results {
-    /// Where and when.
-    pub meta: Meta,
-    /// The sizes used.
-    pub plan: Plan,
-    /// Scenario 1.
-    pub throughput: Vec<ThroughputRow>,
-    /// Scenario 2.
-    pub cpu: Vec<CpuRow>,
-    /// Scenario 3.
-    pub handoff: Vec<HandoffRow>,
-    /// Scenario 3, FIFO check.
-    pub fifo: Vec<FifoRow>,
-    /// Scenario 4.
-    pub expiry: Vec<ExpiryRow>,
-    /// Scenarios 5 and 6.
-    pub scale: Vec<ScaleRow>,
-    /// Scenario 7.
-    pub watchdog: Vec<WatchdogRow>,
-    /// Every target, judged.
-    pub targets: Vec<TargetResult>,
-}
-
-impl Results {
-    /// An empty result set.
-    pub fn new(meta: Meta, plan: Plan) -> Results {
-        Results {
-            meta,
-            plan,
-            throughput: Vec::new(),
-            cpu: Vec::new(),
-            handoff: Vec::new(),
-            fifo: Vec::new(),
-            expiry: Vec::new(),
-            scale: Vec::new(),
-            watchdog: Vec::new(),
-            targets: Vec::new(),
-        }
-    }
-
-    /// Writes `results.json`, `results.md` and `chart.svg` into `dir`.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(
-            dir.join("results.json"),
-            serde_json::to_string_pretty(self)? + "\n",
-        )?;
-        std::fs::write(dir.join("results.md"), markdown::render(self, "chart.svg"))?;
-        std::fs::write(dir.join("chart.svg"), svg::render(self))?;
-        Ok(())
-    }
+/// Writes `results.json`, `results.md` and `chart.svg` into `dir`.
+pub fn write(results: &Results, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(results)? + "\n",
+    )?;
+    std::fs::write(
+        dir.join("results.md"),
+        markdown::render(results, "chart.svg"),
+    )?;
+    std::fs::write(dir.join("chart.svg"), svg::render(results))?;
+    Ok(())
 }
 
 /// Markers around the generated block in bench/README.md.
@@ -128,37 +51,4 @@ pub fn refresh_readme(readme: &Path, results: &Results, chart: &str) -> Result<b
     let body = markdown::render(results, chart);
     std::fs::write(readme, format!("{head}\n{body}{tail}"))?;
     Ok(true)
-}
-
-/// `YYYY-MM-DD HH:MM UTC` for Unix seconds `t`.
-pub fn utc_date(t: u64) -> String {
-    let days = (t / 86_400) as i64;
-    let secs = t % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc_dates() {
-        assert_eq!(utc_date(0), "1970-01-01 00:00 UTC");
-        assert_eq!(utc_date(951_782_400 + 3_660), "2000-02-29 01:01 UTC");
-        assert_eq!(utc_date(1_700_000_000), "2023-11-14 22:13 UTC");
-    }
 }

@@ -1,62 +1,30 @@
-//! The chart, written by hand as SVG text (no plotting crate): uncontended
-//! throughput (linear scale) and p99 hand-off latency (log scale), module
-//! vs baselines, grouped by configuration.
+//! The chart (plotters, SVG backend; no font library: text is laid out by
+//! estimate and drawn by the viewer): uncontended throughput (linear scale)
+//! and p99 hand-off latency (log scale), module vs baselines, grouped by
+//! configuration.
 
-use std::fmt::Write as _;
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::locks::Impl;
-use crate::report::Results;
+use crate::report::format::short;
+use crate::report::results::Results;
+use crate::stats::range;
 
-const WIDTH: f64 = 960.0;
-const LEFT: f64 = 90.0;
-const RIGHT: f64 = 20.0;
-const PANEL_H: f64 = 250.0;
+const WIDTH: u32 = 960;
+const PANEL_H: u32 = 340;
+const HEADER_H: u32 = 50;
+const FONT: &str = "sans-serif";
 
-fn color(imp: Impl) -> &'static str {
+fn color(imp: Impl) -> RGBColor {
     match imp {
-        Impl::Module => "#1f6fb4",
-        Impl::SetNx => "#f29b2a",
-        Impl::Redisson => "#c8413a",
+        Impl::Module => RGBColor(0x1f, 0x6f, 0xb4),
+        Impl::SetNx => RGBColor(0xf2, 0x9b, 0x2a),
+        Impl::Redisson => RGBColor(0xc8, 0x41, 0x3a),
     }
-}
-
-/// Escapes text for SVG.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// Compact value label: 950, 1.2k, 34k, 1.5M.
-fn short(v: f64) -> String {
-    let a = v.abs();
-    if a == 0.0 {
-        "0".into()
-    } else if a >= 1e6 {
-        format!("{:.1}M", v / 1e6)
-    } else if a >= 1e4 {
-        format!("{:.0}k", v / 1e3)
-    } else if a >= 1e3 {
-        format!("{:.1}k", v / 1e3)
-    } else if a >= 10.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-/// The smallest round number (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 × 10^k) at or
-/// above `v`.
-fn nice_ceiling(v: f64) -> f64 {
-    if v <= 0.0 || !v.is_finite() {
-        return 1.0;
-    }
-    let p = 10f64.powf(v.log10().floor());
-    [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
-        .iter()
-        .map(|m| m * p)
-        .find(|c| *c >= v)
-        .unwrap_or(10.0 * p)
 }
 
 /// One group of bars: its label and one value per implementation.
@@ -65,242 +33,210 @@ struct Group {
     values: Vec<(Impl, Option<f64>)>,
 }
 
-/// Draws one panel of grouped bars with its top at `top`.
-fn panel(svg: &mut String, top: f64, title: &str, unit: &str, groups: &[Group], log: bool) {
-    let plot_top = top + 30.0;
-    let plot_bottom = plot_top + PANEL_H;
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let _ = writeln!(
-        svg,
-        r#"<text x="{LEFT}" y="{}" class="title">{}</text>"#,
-        top + 14.0,
-        esc(title)
-    );
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Drawn<T> = Result<T, DrawingAreaErrorKind<std::io::Error>>;
+
+/// Draws one panel of grouped bars.
+fn panel(area: &Area, title: &str, unit: &str, groups: &[Group], log: bool) -> Drawn<()> {
     let values: Vec<f64> = groups
         .iter()
         .flat_map(|g| g.values.iter().filter_map(|(_, v)| *v))
         .filter(|v| v.is_finite() && *v > 0.0)
         .collect();
+    let n = groups.len().max(1);
+    let x = 0.0..n as f64;
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, (FONT, 18).into_font().style(FontStyle::Bold))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60);
     if values.is_empty() {
-        let _ = writeln!(
-            svg,
-            r#"<text x="{LEFT}" y="{}" class="label">not measured in this run</text>"#,
-            plot_top + 20.0
-        );
-        return;
+        let chart = builder.build_cartesian_2d(x, 0.0..1.0)?;
+        chart.plotting_area().draw(&Text::new(
+            "not measured in this run",
+            (0.05 * n as f64, 0.5),
+            (FONT, 14),
+        ))?;
+        return Ok(());
     }
-    let max = values.iter().copied().fold(f64::MIN, f64::max);
-    let min = values.iter().copied().fold(f64::MAX, f64::min);
-    let (lo, hi) = if log {
+    let (min, max) = range(&values);
+    if log {
         let lo = 10f64.powf(min.log10().floor());
         let hi = 10f64.powf(max.log10().ceil()).max(lo * 10.0);
-        (lo, hi)
+        let chart = builder.build_cartesian_2d(x, (lo..hi).log_scale())?;
+        bars(chart, unit, groups, lo)
     } else {
-        (0.0, nice_ceiling(max * 1.1))
-    };
-    let y_of = |v: f64| -> f64 {
-        let f = if log {
-            (v.max(lo).log10() - lo.log10()) / (hi.log10() - lo.log10())
-        } else {
-            v / hi
-        };
-        plot_bottom - f.clamp(0.0, 1.0) * PANEL_H
-    };
-    // Grid and axis labels.
-    let ticks: Vec<f64> = if log {
-        let mut t = Vec::new();
-        let mut v = lo;
-        while v <= hi * 1.0001 {
-            t.push(v);
-            v *= 10.0;
-        }
-        t
-    } else {
-        (0..=5).map(|i| hi * f64::from(i) / 5.0).collect()
-    };
-    for v in ticks {
-        let y = y_of(v);
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" class="grid"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{}</text>"#,
-            WIDTH - RIGHT,
-            LEFT - 6.0,
-            y + 4.0,
-            short(v)
-        );
+        let chart = builder.build_cartesian_2d(x, 0.0..max * 1.15)?;
+        bars(chart, unit, groups, 0.0)
     }
-    let _ = writeln!(
-        svg,
-        r#"<text x="18" y="{:.1}" class="tick" transform="rotate(-90 18 {:.1})" text-anchor="middle">{}</text>"#,
-        (plot_top + plot_bottom) / 2.0,
-        (plot_top + plot_bottom) / 2.0,
-        esc(unit)
-    );
-    let gw = plot_w / groups.len().max(1) as f64;
-    for (gi, g) in groups.iter().enumerate() {
-        let gx = LEFT + gw * gi as f64;
-        let k = g.values.len().max(1) as f64;
-        let bw = gw * 0.8 / k;
-        for (bi, (imp, v)) in g.values.iter().enumerate() {
-            let x = gx + gw * 0.1 + bw * bi as f64;
-            match v {
-                Some(v) if v.is_finite() && *v > 0.0 => {
-                    let y = y_of(*v);
-                    let _ = writeln!(
-                        svg,
-                        r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}: {}</title></rect><text x="{:.1}" y="{:.1}" class="value" text-anchor="middle">{}</text>"#,
-                        bw - 2.0,
-                        plot_bottom - y,
-                        color(*imp),
-                        esc(imp.label()),
-                        short(*v),
-                        x + (bw - 2.0) / 2.0,
-                        y - 3.0,
-                        short(*v)
-                    );
+}
+
+/// The mesh, the bars with their values and the group labels under the
+/// axis (group i spans x in [i, i + 1]).
+fn bars<'a, Y>(
+    mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    unit: &str,
+    groups: &[Group],
+    floor: f64,
+) -> Drawn<()>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .light_line_style(RGBColor(0xf2, 0xf2, 0xf2))
+        .y_label_formatter(&|v| short(*v))
+        .y_desc(unit)
+        .label_style((FONT, 13))
+        .draw()?;
+    let under_axis = (FONT, 13)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    chart.draw_series(groups.iter().enumerate().map(|(gi, g)| {
+        EmptyElement::at((gi as f64 + 0.5, floor))
+            + Text::new(g.label.clone(), (0, 6), under_axis.clone())
+    }))?;
+    for imp in Impl::ALL {
+        for (gi, g) in groups.iter().enumerate() {
+            let k = g.values.len().max(1) as f64;
+            let Some(bi) = g.values.iter().position(|(i, _)| *i == imp) else {
+                continue;
+            };
+            let x0 = gi as f64 + 0.1 + 0.8 * bi as f64 / k;
+            let x1 = x0 + 0.8 / k - 0.01;
+            let (x0, x1) = (x0.min(x1), x1.max(x0));
+            match g.values.get(bi).and_then(|(_, v)| *v) {
+                Some(v) if v.is_finite() && v > 0.0 => {
+                    chart.draw_series([Rectangle::new(
+                        [(x0, floor), (x1, v)],
+                        color(imp).filled(),
+                    )])?;
+                    chart.draw_series([Text::new(
+                        short(v),
+                        ((x0 + x1) / 2.0, v),
+                        (FONT, 11)
+                            .into_font()
+                            .color(&BLACK)
+                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    )])?;
                 }
                 _ => {
-                    let _ = writeln!(
-                        svg,
-                        r#"<text x="{:.1}" y="{:.1}" class="value" text-anchor="middle">n/a</text>"#,
-                        x + bw / 2.0,
-                        plot_bottom - 3.0
-                    );
+                    chart.draw_series([Text::new(
+                        "n/a",
+                        ((x0 + x1) / 2.0, floor),
+                        (FONT, 11)
+                            .into_font()
+                            .color(&BLACK)
+                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    )])?;
                 }
             }
         }
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" class="label" text-anchor="middle">{}</text>"#,
-            gx + gw / 2.0,
-            plot_bottom + 16.0,
-            esc(&g.label)
-        );
     }
-    let _ = writeln!(
-        svg,
-        r#"<line x1="{LEFT}" y1="{plot_bottom:.1}" x2="{:.1}" y2="{plot_bottom:.1}" class="axis"/>"#,
-        WIDTH - RIGHT
-    );
+    Ok(())
 }
 
-/// The whole chart.
-pub fn render(r: &Results) -> String {
+impl Group {
+    /// A group labelled `label` with `value(imp)` for each of `impls`.
+    fn of(label: String, impls: &[Impl], value: impl Fn(Impl) -> Option<f64>) -> Group {
+        let values = impls.iter().map(|&i| (i, value(i))).collect();
+        Group { label, values }
+    }
+}
+
+/// The groups of the throughput panel: one per pipeline depth.
+fn throughput_groups(r: &Results, impls: &[Impl]) -> Vec<Group> {
+    let rows = &r.throughput;
+    r.plan
+        .tp_depths
+        .iter()
+        .map(|&d| {
+            Group::of(format!("pipeline depth {d}"), impls, |i| {
+                let row = rows.iter().find(|x| x.imp == i && x.depth == d);
+                row.map(|x| x.cycles_per_sec)
+            })
+        })
+        .collect()
+}
+
+/// The groups of the hand-off panel: one per client count and hold time.
+fn handoff_groups(r: &Results, impls: &[Impl]) -> Vec<Group> {
+    let rows = &r.handoff;
+    let mut groups = Vec::new();
+    for &c in &r.plan.ho_clients {
+        for &h in &r.plan.ho_hold_ms {
+            groups.push(Group::of(format!("{c} clients, hold {h} ms"), impls, |i| {
+                let row = rows
+                    .iter()
+                    .find(|x| x.imp == i && x.clients == c && x.hold_ms == h);
+                row.map(|x| x.latency_us.p99)
+            }));
+        }
+    }
+    groups
+}
+
+fn draw(root: &Area, r: &Results) -> Drawn<()> {
     let impls: Vec<Impl> = Impl::ALL
         .into_iter()
         .filter(|i| {
             r.throughput.iter().any(|x| x.imp == *i) || r.handoff.iter().any(|x| x.imp == *i)
         })
         .collect();
-    let tp: Vec<Group> = r
-        .plan
-        .tp_depths
-        .iter()
-        .map(|&d| Group {
-            label: format!("pipeline depth {d}"),
-            values: impls
-                .iter()
-                .map(|&i| {
-                    (
-                        i,
-                        r.throughput
-                            .iter()
-                            .find(|x| x.imp == i && x.depth == d)
-                            .map(|x| x.cycles_per_sec),
-                    )
-                })
-                .collect(),
-        })
-        .collect();
-    let mut ho = Vec::new();
-    for &c in &r.plan.ho_clients {
-        for &h in &r.plan.ho_hold_ms {
-            ho.push(Group {
-                label: format!("{c} clients, hold {h} ms"),
-                values: impls
-                    .iter()
-                    .map(|&i| {
-                        let v = r
-                            .handoff
-                            .iter()
-                            .find(|x| x.imp == i && x.clients == c && x.hold_ms == h)
-                            .map(|x| x.latency_us.p99);
-                        (i, v)
-                    })
-                    .collect(),
-            });
-        }
-    }
-    let height = 2.0 * (PANEL_H + 90.0) + 70.0;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="Helvetica, Arial, sans-serif">"#
-    );
-    svg.push_str(
-        "<style>.title{font-size:15px;font-weight:bold}.label{font-size:12px}.tick{font-size:11px;fill:#444}\
-.value{font-size:10px;fill:#222}.grid{stroke:#ddd;stroke-width:1}.axis{stroke:#333;stroke-width:1}</style>\n",
-    );
-    let _ = writeln!(
-        svg,
-        r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
-    );
+    root.fill(&WHITE)?;
+    let (header, body) = root.split_vertically(HEADER_H);
     let m = &r.meta;
-    let _ = writeln!(
-        svg,
-        r#"<text x="{LEFT}" y="22" class="label">fencelock benchmark — {} — {} cores — Redis {}</text>"#,
-        esc(&m.date_utc),
-        m.cores,
-        esc(&m.redis_version)
-    );
-    for (n, i) in impls.iter().enumerate() {
-        let x = WIDTH - RIGHT - 170.0 * (impls.len() - n) as f64;
-        let _ = writeln!(
-            svg,
-            r#"<rect x="{x:.1}" y="36" width="12" height="12" fill="{}"/><text x="{:.1}" y="46" class="label">{}</text>"#,
-            color(*i),
-            x + 17.0,
-            esc(i.label())
-        );
+    header.draw(&Text::new(
+        format!(
+            "fencelock benchmark — {} — {} cores — Redis {}",
+            m.date_utc, m.cores, m.redis_version
+        ),
+        (90, 8),
+        (FONT, 14),
+    ))?;
+    for (n, &imp) in impls.iter().enumerate() {
+        let x = WIDTH as i32 - 20 - 170 * (impls.len() - n) as i32;
+        header.draw(&Rectangle::new(
+            [(x, 30), (x + 12, 42)],
+            color(imp).filled(),
+        ))?;
+        header.draw(&Text::new(imp.label(), (x + 17, 30), (FONT, 14)))?;
     }
+    let (top, bottom) = body.split_vertically(PANEL_H);
     panel(
-        &mut svg,
-        60.0,
+        &top,
         "Uncontended acquire+release cycles per second (higher is better)",
         "cycles/s",
-        &tp,
+        &throughput_groups(r, &impls),
         false,
-    );
+    )?;
     panel(
-        &mut svg,
-        60.0 + PANEL_H + 90.0,
+        &bottom,
         "Hand-off latency p99, release sent → next holder answered (lower is better, log scale)",
         "µs",
-        &ho,
+        &handoff_groups(r, &impls),
         true,
-    );
-    svg.push_str("</svg>\n");
-    svg
+    )?;
+    root.present()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nice_ceilings_are_round() {
-        assert_eq!(nice_ceiling(0.7), 0.8);
-        assert_eq!(nice_ceiling(1.6), 2.0);
-        assert_eq!(nice_ceiling(3.5), 4.0);
-        assert_eq!(nice_ceiling(538_000.0), 600_000.0);
-    }
-
-    #[test]
-    fn short_labels() {
-        assert_eq!(short(0.0), "0");
-        assert_eq!(short(950.0), "950");
-        assert_eq!(short(1234.0), "1.2k");
-        assert_eq!(short(34_567.0), "35k");
-        assert_eq!(short(1_500_000.0), "1.5M");
+/// The whole chart as SVG text.
+pub fn render(r: &Results) -> String {
+    let mut svg = String::new();
+    let drawn = {
+        let root =
+            SVGBackend::with_string(&mut svg, (WIDTH, HEADER_H + 2 * PANEL_H)).into_drawing_area();
+        draw(&root, r)
+    };
+    match drawn {
+        Ok(()) => svg,
+        Err(e) => format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"40\"><text x=\"10\" y=\"20\">chart failed: {}</text></svg>\n",
+            e.to_string().replace('&', "&amp;").replace('<', "&lt;")
+        ),
     }
 }

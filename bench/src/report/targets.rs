@@ -1,23 +1,9 @@
 //! The issue's targets, each judged against this run's measurements.
 
-use serde::Serialize;
-
 use crate::locks::Impl;
-use crate::report::markdown::num;
-use crate::report::Results;
-
-/// One target and its verdict.
-#[derive(Clone, Debug, Serialize)]
-pub struct TargetResult {
-    /// Scenario number (1-7).
-    pub scenario: u8,
-    /// What the issue asks.
-    pub target: String,
-    /// What was measured.
-    pub measured: String,
-    /// Met or missed; `None` when not measured in this run.
-    pub met: Option<bool>,
-}
+use crate::report::format::num;
+use crate::report::results::{Results, TargetResult};
+use crate::stats::{median, range};
 
 fn t(scenario: u8, target: String, measured: String, met: Option<bool>) -> TargetResult {
     TargetResult {
@@ -52,7 +38,7 @@ pub fn round_ratios(r: &Results, other: Impl, depth: usize) -> Option<(f64, f64,
             .map(|x| x.rounds.clone())
     };
     let (m, b) = (rounds(Impl::Module)?, rounds(other)?);
-    let mut ratios: Vec<f64> = m
+    let ratios: Vec<f64> = m
         .iter()
         .zip(&b)
         .filter(|(_, b)| **b > 0.0)
@@ -61,8 +47,8 @@ pub fn round_ratios(r: &Results, other: Impl, depth: usize) -> Option<(f64, f64,
     if ratios.is_empty() {
         return None;
     }
-    let s = crate::stats::Summary::of(&mut ratios);
-    Some((s.p50, s.min, s.max))
+    let (lo, hi) = range(&ratios);
+    Some((median(&ratios), lo, hi))
 }
 
 fn throughput(r: &Results, out: &mut Vec<TargetResult>) {

@@ -10,8 +10,8 @@
 use serde::Serialize;
 
 use crate::error::{BenchError, Result};
-use crate::locks::{Impl, Lock};
-use crate::scenarios::{apply_all, progress, Bulk, Ctx, Op};
+use crate::locks::{Impl, Lock, Op};
+use crate::scenarios::{apply_all, progress, Bulk, Ctx};
 use crate::stats::median;
 
 /// One implementation, one operation.
@@ -38,17 +38,12 @@ const DEPTH: usize = 32;
 /// Runs every round × implementation × phase.
 pub async fn run(ctx: &mut Ctx) -> Result<Vec<CpuRow>> {
     let n = ctx.plan.cpu_keys;
-    let ops = [
-        (Op::Acquire, "acquire", 0),
-        (Op::Renew, "renew", 2),
-        (Op::Release, "release", 1),
-    ];
     let mut rows: Vec<CpuRow> = Vec::new();
     for _ in 0..ctx.plan.cpu_rounds {
         for lock in ctx.locks.clone() {
             ctx.admin.flushall().await?;
-            for (op, name, stat_index) in ops {
-                let command = lock.stat_names().get(stat_index).copied().unwrap_or("?");
+            for op in [Op::Acquire, Op::Renew, Op::Release] {
+                let (name, command) = (op.name(), lock.stat_name(op));
                 ctx.admin.reset_stats().await?;
                 apply_all(
                     ctx.port,
@@ -63,8 +58,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<CpuRow>> {
                     },
                 )
                 .await?;
-                let stats = ctx.admin.command_stats().await?;
-                let s = stats.get(command).copied().unwrap_or_default();
+                let s = ctx.admin.command_stat(command).await?;
                 if s.calls != n as u64 {
                     return Err(BenchError::Setup(format!(
                         "cmdstat_{command} counted {} calls for {n} {name}s of {}",
@@ -72,8 +66,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<CpuRow>> {
                         lock.imp().name()
                     )));
                 }
-                let per_call = s.usec as f64 / s.calls as f64;
-                record(&mut rows, &lock, name, command, s.calls, per_call);
+                record(&mut rows, &lock, name, command, s.calls, s.per_call());
             }
         }
     }

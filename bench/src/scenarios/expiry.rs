@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{BenchError, Result};
-use crate::locks::{Acquired, Impl, Lock};
+use crate::locks::{Acquired, Client, Impl, Link, Lock, Queue};
 use crate::resp::{Conn, Reply};
 use crate::scenarios::{key16, key16_index, owner36, progress, unix_ms_f64, Ctx};
-use crate::stats::{Rng, Summary};
+use crate::stats::{Histogram, Summary};
 
 /// One implementation at one size.
 #[derive(Clone, Debug, Serialize)]
@@ -111,8 +111,8 @@ async fn one_run(ctx: &mut Ctx, lock: &Lock, n: usize, rate_per_ms: f64) -> Resu
     // Deadlines: window start after the expected load time, offsets random.
     let lead_ms = 300.0 + 1.5 * n as f64 / rate_per_ms;
     let window_start = unix_ms_f64() + lead_ms;
-    let mut rng = Rng::new(n as u64);
-    let offsets: Vec<u64> = (0..n).map(|_| rng.below(spread)).collect();
+    let mut rng = fastrand::Rng::with_seed(n as u64);
+    let offsets: Vec<u64> = (0..n).map(|_| rng.u64(..spread.max(1))).collect();
     let stop_at =
         Instant::now() + Duration::from_millis((lead_ms as u64) + spread + ctx.plan.exp_grace_ms);
 
@@ -145,18 +145,19 @@ async fn one_run(ctx: &mut Ctx, lock: &Lock, n: usize, rate_per_ms: f64) -> Resu
     let load_ms = t_load.elapsed().as_secs_f64() * 1000.0;
 
     let removals = reader.await??;
-    let mut lateness = Vec::with_capacity(n);
+    // Lateness in µs; an early removal is counted in `early` and as 0.
+    let mut lateness_us = Histogram::new();
     let mut early = 0;
     for (i, at_ms) in removals {
         if let Some(Some(deadline)) = deadlines.get(i) {
-            let late = at_ms - *deadline as f64;
-            if late < 0.0 {
+            let late_ms = at_ms - *deadline as f64;
+            if late_ms < 0.0 {
                 early += 1;
             }
-            lateness.push(late);
+            lateness_us.record((late_ms.max(0.0) * 1000.0).round() as u64);
         }
     }
-    let removed = lateness.len();
+    let removed = lateness_us.len() as usize;
     ctx.admin.flushall().await?;
     Ok(ExpiryRow {
         imp: lock.imp(),
@@ -168,7 +169,7 @@ async fn one_run(ctx: &mut Ctx, lock: &Lock, n: usize, rate_per_ms: f64) -> Resu
         overrun,
         early,
         max_bracket_ms,
-        lateness_ms: Summary::of(&mut lateness),
+        lateness_ms: lateness_us.summary(1000.0),
     })
 }
 
@@ -184,7 +185,7 @@ async fn load(
     mine: Vec<(usize, u64)>,
     window_start_ms: f64,
 ) -> Result<Loaded> {
-    let mut conn = Conn::connect(port).await?;
+    let mut client = Client::connect(port, false).await?;
     let mut out = Loaded {
         deadlines: Vec::with_capacity(mine.len()),
         max_bracket_ms: 0.0,
@@ -195,26 +196,29 @@ async fn load(
             .iter()
             .map(|&(_, off)| (window_start_ms + off as f64 - now).floor() as i64)
             .collect();
-        conn.queue(&[b"TIME"]);
-        for (&(i, _), &ttl) in chunk.iter().zip(&ttls) {
-            let ttl = ttl.max(1).to_string();
-            lock.queue_acquire(
-                &mut conn,
-                &key16(b'x', i as u64),
-                &owner36(b'x', i as u64),
-                ttl.as_bytes(),
-            );
-        }
-        conn.queue(&[b"TIME"]);
-        conn.flush().await?;
-        let before = server_ms(&conn.read_reply().await?)?;
-        for _ in chunk {
-            let r = conn.read_reply().await?;
-            if lock.acquired(&r)? != Acquired::Granted {
-                return Err(BenchError::unexpected("acquire of a fresh key", &r));
+        let queue = |q: &mut dyn Queue| {
+            q.queue(&[b"TIME"]);
+            for (&(i, _), &ttl) in chunk.iter().zip(&ttls) {
+                let ttl = ttl.max(1).to_string();
+                let (k, o) = (key16(b'x', i as u64), owner36(b'x', i as u64));
+                lock.queue_acquire(q, &k, &o, ttl.as_bytes());
             }
-        }
-        let after = server_ms(&conn.read_reply().await?)?;
+            q.queue(&[b"TIME"]);
+        };
+        // TIME, the acquires, TIME.
+        let (mut seen, mut before, mut after) = (0, 0.0, 0.0);
+        let last = chunk.len() + 1;
+        let check = |r: &Reply| {
+            match seen {
+                0 => before = server_ms(r)?,
+                s if s == last => after = server_ms(r)?,
+                _ if lock.acquired(r)? == Acquired::Granted => {}
+                _ => return Err(BenchError::unexpected("acquire of a fresh key", r)),
+            }
+            seen += 1;
+            Ok(())
+        };
+        client.round_trip(last + 1, queue, check).await?;
         out.max_bracket_ms = out.max_bracket_ms.max(after - before);
         for (&(i, _), &ttl) in chunk.iter().zip(&ttls) {
             // The lease's deadline is (server ms when it ran) + ttl, and

@@ -25,8 +25,9 @@ use serde::Serialize;
 use crate::error::{BenchError, Result};
 use crate::locks::{Acquired, Impl, Lock};
 use crate::resp::{Conn, Reply};
+use crate::scenarios::client_lib::{ClientLib, LoadClient};
 use crate::scenarios::{progress, Ctx};
-use crate::stats::{Rng, Summary};
+use crate::stats::{Histogram, Summary};
 
 /// One implementation, one client count, one hold time.
 #[derive(Clone, Debug, Serialize)]
@@ -96,7 +97,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(Vec<HandoffRow>, Vec<FifoRow>)> {
         for &hold_ms in &ctx.plan.ho_hold_ms.clone() {
             for lock in ctx.locks.clone() {
                 ctx.admin.flushall().await?;
-                let row = contended(ctx, &lock, clients, hold_ms).await?;
+                let row = contended(ctx, &lock, clients, hold_ms, ClientLib::Resp).await?;
                 progress(&format!(
                     "handoff {} clients {clients} hold {hold_ms} ms: {:.0}/s, p99 {:.0} us, wasted/acq {:.2}",
                     lock.imp().name(),
@@ -151,16 +152,25 @@ struct ClientStats {
     timeouts: u64,
     max_wait: Duration,
     self_grants: u64,
-    latencies_us: Vec<f64>,
-    latencies_other_us: Vec<f64>,
+    /// Hand-off latencies, ns.
+    latencies: Histogram,
+    /// Those to a different client, ns.
+    latencies_other: Histogram,
 }
 
-async fn contended(ctx: &Ctx, lock: &Lock, clients: usize, hold_ms: u64) -> Result<HandoffRow> {
+/// One timed run: `clients` contenders on one key, each holding `hold_ms`.
+pub async fn contended(
+    ctx: &Ctx,
+    lock: &Lock,
+    clients: usize,
+    hold_ms: u64,
+    lib: ClientLib,
+) -> Result<HandoffRow> {
     let seconds = ctx.plan.ho_seconds;
     let key = format!("handoff:{}:{clients}:{hold_ms}", lock.imp().name()).into_bytes();
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
-        conns.push(lock.client(ctx.port).await?);
+        conns.push(LoadClient::connect(lib, ctx.port, lock.waits_on_pubsub()).await?);
     }
     let epoch = Instant::now() + Duration::from_millis(20);
     let measure_from = epoch + Duration::from_millis(100);
@@ -190,8 +200,8 @@ async fn contended(ctx: &Ctx, lock: &Lock, clients: usize, hold_ms: u64) -> Resu
         total.timeouts += s.timeouts;
         total.max_wait = total.max_wait.max(s.max_wait);
         total.self_grants += s.self_grants;
-        total.latencies_us.extend(s.latencies_us);
-        total.latencies_other_us.extend(s.latencies_other_us);
+        total.latencies.add(&s.latencies);
+        total.latencies_other.add(&s.latencies_other);
     }
     Ok(HandoffRow {
         imp: lock.imp(),
@@ -200,20 +210,20 @@ async fn contended(ctx: &Ctx, lock: &Lock, clients: usize, hold_ms: u64) -> Resu
         seconds,
         grants: total.grants,
         handoffs_per_sec: total.grants as f64 / seconds,
-        latency_us: Summary::of(&mut total.latencies_us),
+        latency_us: total.latencies.summary(1000.0),
         wasted: total.wasted,
         wasted_per_acquisition: total.wasted as f64 / (total.grants.max(1)) as f64,
         overtakes: total.overtakes,
         max_wait_ms: total.max_wait.as_secs_f64() * 1000.0,
         self_grants_pct: total.self_grants as f64 * 100.0 / total.grants.max(1) as f64,
-        latency_to_other_us: Summary::of(&mut total.latencies_other_us),
+        latency_to_other_us: total.latencies_other.summary(1000.0),
         timeouts: total.timeouts,
     })
 }
 
 async fn contender(
     lock: Lock,
-    mut client: crate::locks::Client,
+    mut client: LoadClient,
     c: usize,
     key: Vec<u8>,
     hold_ms: u64,
@@ -221,7 +231,7 @@ async fn contender(
 ) -> Result<ClientStats> {
     let owner = uuid::Uuid::new_v4().hyphenated().to_string().into_bytes();
     let ttl = TTL_MS.as_bytes();
-    let mut rng = Rng::new(c as u64 + 1);
+    let mut rng = fastrand::Rng::with_seed(c as u64 + 1);
     let mut st = ClientStats::default();
     tokio::time::sleep_until(sh.epoch.into()).await;
     for _ in 0..MAX_GRANTS_PER_CLIENT {
@@ -267,12 +277,12 @@ async fn contender(
             st.grants += 1;
             st.overtakes += u64::from(overtook);
             if released_at != 0 {
-                let lat_us = sh.ns(t_grant).saturating_sub(released_at - 1) as f64 / 1000.0;
-                st.latencies_us.push(lat_us);
+                let lat_ns = sh.ns(t_grant).saturating_sub(released_at - 1);
+                st.latencies.record(lat_ns);
                 if from_self {
                     st.self_grants += 1;
                 } else {
-                    st.latencies_other_us.push(lat_us);
+                    st.latencies_other.record(lat_ns);
                 }
             }
         }
@@ -282,7 +292,7 @@ async fn contender(
         sh.last_releaser.store(c, Ordering::Release);
         sh.last_release
             .store(sh.ns(Instant::now()) + 1, Ordering::Release);
-        lock.release(&mut client.cmd, &key, &owner, ttl).await?;
+        lock.release(&mut client, &key, &owner, ttl).await?;
     }
     Ok(st)
 }
@@ -292,7 +302,7 @@ async fn fifo_check(ctx: &mut Ctx, lock: &Lock) -> Result<FifoRow> {
     let key = format!("fifo:{}", lock.imp().name()).into_bytes();
     let ttl = TTL_MS.as_bytes();
     let holder_owner = b"fifo-holder".to_vec();
-    let mut holder = Conn::connect(ctx.port).await?;
+    let mut holder = lock.client(ctx.port).await?;
     if lock
         .try_acquire(&mut holder, &key, &holder_owner, ttl)
         .await?
@@ -310,7 +320,7 @@ async fn fifo_check(ctx: &mut Ctx, lock: &Lock) -> Result<FifoRow> {
         let (lock2, key2, order2) = (lock.clone(), key.clone(), Arc::clone(&order));
         tasks.push(tokio::spawn(async move {
             let owner = format!("fifo-waiter-{i:03}").into_bytes();
-            let mut rng = Rng::new(i as u64 + 99);
+            let mut rng = fastrand::Rng::with_seed(i as u64 + 99);
             let out = lock2
                 .acquire_waiting(&mut client, &key2, &owner, ttl, give_up, &mut rng)
                 .await?;
@@ -322,7 +332,7 @@ async fn fifo_check(ctx: &mut Ctx, lock: &Lock) -> Result<FifoRow> {
             if let Ok(mut o) = order2.lock() {
                 o.push(i);
             }
-            lock2.release(&mut client.cmd, &key2, &owner, ttl).await
+            lock2.release(&mut client, &key2, &owner, ttl).await
         }));
         tokio::time::sleep(Duration::from_millis(20)).await;
         if lock.imp() == Impl::Module {
@@ -358,8 +368,7 @@ async fn wait_until_queued(conn: &mut Conn, key: &[u8], n: usize) -> Result<()> 
         }
         if Instant::now() > deadline {
             return Err(BenchError::Timeout(format!(
-                "LOCK.INFO never showed {n} waiters: {}",
-                r.describe()
+                "LOCK.INFO never showed {n} waiters: {r:?}"
             )));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -7,8 +7,14 @@
 //! - `handoff`: 3. contended hand-off and the FIFO check;
 //! - `expiry`: 4. lease-expiry promptness;
 //! - `scale`: 5. memory per lock, 6. latency vs live locks, RDB save/load;
-//! - `watchdog`: 7. renewal load.
+//! - `watchdog`: 7. renewal load;
+//!
+//! and, not a measurement of the locks, `client_ab`: the load generator on
+//! its own RESP client against the `redis` crate (`client_lib`: the crate's
+//! side of the load connections).
 
+pub mod client_ab;
+pub mod client_lib;
 pub mod cpu;
 pub mod expiry;
 pub mod handoff;
@@ -21,10 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::error::{BenchError, Result};
-use crate::locks::{Acquired, Impl, Lock};
+use crate::locks::{Acquired, Client, Impl, Link, Lock, Op};
 use crate::plan::Plan;
 use crate::server::Admin;
-use crate::stats::splitmix;
 
 /// A scenario that can be selected with `--only`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -66,10 +71,16 @@ impl Scenario {
             Scenario::Watchdog => "watchdog",
         }
     }
+}
 
-    /// Parses an `--only` name.
-    pub fn parse(s: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|x| x.name() == s)
+/// `--only` takes the names of [`Scenario::name`].
+impl clap::ValueEnum for Scenario {
+    fn value_variants<'a>() -> &'a [Scenario] {
+        &Scenario::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 
@@ -108,23 +119,11 @@ pub fn key16_index(key: &[u8]) -> Option<u64> {
 /// A 36-byte owner (a UUID string, as real clients use), distinct per
 /// `(tag, i)` and the same on every run.
 pub fn owner36(tag: u8, i: u64) -> Vec<u8> {
-    let hi = splitmix(i ^ (u64::from(tag) << 56));
-    let lo = splitmix(hi ^ 0x5bd1_e995);
-    uuid::Uuid::from_u64_pair(hi, lo)
+    let bits = fastrand::Rng::with_seed(i ^ (u64::from(tag) << 56)).u128(..);
+    uuid::Uuid::from_u128(bits)
         .hyphenated()
         .to_string()
         .into_bytes()
-}
-
-/// A bulk operation over keys `0..n` of one tag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Acquire (each must be granted).
-    Acquire,
-    /// Renew (each must be held).
-    Renew,
-    /// Release (each must be held).
-    Release,
 }
 
 /// A pipelined bulk operation: `op` on keys `key16(tag, 0..n)` with their
@@ -161,33 +160,36 @@ pub async fn apply_all(port: u16, lock: &Lock, bulk: Bulk) -> Result<()> {
     for c in 0..conns {
         let lock = lock.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = crate::resp::Conn::connect(port).await?;
+            let mut client = Client::connect(port, false).await?;
             let ttl = ttl_ms.to_string();
+            let ttl = ttl.as_bytes();
             let mine: Vec<u64> = (c..n).step_by(conns).map(|i| i as u64).collect();
             for chunk in mine.chunks(depth.max(1)) {
-                for &i in chunk {
-                    let (k, o) = (key16(tag, i), owner36(tag, i));
-                    match op {
-                        Op::Acquire => lock.queue_acquire(&mut conn, &k, &o, ttl.as_bytes()),
-                        Op::Renew => lock.queue_renew(&mut conn, &k, &o, ttl.as_bytes()),
-                        Op::Release => lock.queue_release(&mut conn, &k, &o, ttl.as_bytes()),
+                let queue = |q: &mut dyn crate::locks::Queue| {
+                    for &i in chunk {
+                        let (k, o) = (key16(tag, i), owner36(tag, i));
+                        match op {
+                            Op::Acquire => lock.queue_acquire(q, &k, &o, ttl),
+                            Op::Renew => lock.queue_renew(q, &k, &o, ttl),
+                            Op::Release => lock.queue_release(q, &k, &o, ttl),
+                        }
                     }
-                }
-                conn.flush().await?;
-                for _ in chunk {
-                    let r = conn.read_reply().await?;
+                };
+                let check = |r: &crate::resp::Reply| {
                     let ok = match op {
-                        Op::Acquire => lock.acquired(&r)? == Acquired::Granted,
-                        Op::Renew => lock.renewed(&r)?,
-                        Op::Release => lock.released(&r)?,
+                        Op::Acquire => lock.acquired(r)? == Acquired::Granted,
+                        Op::Renew => lock.renewed(r)?,
+                        Op::Release => lock.released(r)?,
                     };
-                    if !ok {
-                        return Err(BenchError::unexpected(
-                            &format!("{} {op:?} of a free or held key", lock.imp().name()),
-                            &r,
-                        ));
+                    match ok {
+                        true => Ok(()),
+                        false => Err(BenchError::unexpected(
+                            &format!("{} {} of a free or held key", lock.imp().name(), op.name()),
+                            r,
+                        )),
                     }
-                }
+                };
+                client.round_trip(chunk.len(), queue, check).await?;
             }
             Ok::<(), BenchError>(())
         }));

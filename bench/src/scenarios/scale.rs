@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{BenchError, Result};
-use crate::locks::{Acquired, Impl, Lock};
-use crate::resp::{Conn, Reply};
-use crate::scenarios::{apply_all, key16, progress, Bulk, Ctx, Op};
-use crate::stats::Summary;
+use crate::locks::{Acquired, Impl, Lock, Op};
+use crate::resp::Reply;
+use crate::scenarios::{apply_all, key16, progress, Bulk, Ctx};
+use crate::stats::{Histogram, Summary};
 
 /// One implementation at one size.
 #[derive(Clone, Debug, Serialize)]
@@ -97,12 +97,11 @@ async fn one_size(ctx: &mut Ctx, lock: &Lock, n: usize, persist: bool) -> Result
 
     ctx.admin.reset_stats().await?;
     let lat = latency(ctx.port, lock, ctx.plan.lat_samples).await?;
-    let stats = ctx.admin.command_stats().await?;
-    let acquire_stat = lock.stat_names()[0];
-    let usec_per_call = stats
-        .get(acquire_stat)
-        .map(|s| s.usec as f64 / s.calls.max(1) as f64)
-        .unwrap_or(0.0);
+    let usec_per_call = ctx
+        .admin
+        .command_stat(lock.stat_name(Op::Acquire))
+        .await?
+        .per_call();
 
     let mut row = ScaleRow {
         imp: lock.imp(),
@@ -132,11 +131,11 @@ async fn one_size(ctx: &mut Ctx, lock: &Lock, n: usize, persist: bool) -> Result
 /// Times `samples` acquires of fresh keys on one connection (each released
 /// untimed), after an untimed warm-up of a tenth as many.
 async fn latency(port: u16, lock: &Lock, samples: usize) -> Result<Summary> {
-    let mut conn = Conn::connect(port).await?;
+    let mut conn = lock.client(port).await?;
     let owner = b"00000000-0000-4000-8000-00000000beef";
     let ttl = TTL_MS.to_string();
     let warmup = (samples / 10).max(200);
-    let mut us = Vec::with_capacity(samples);
+    let mut ns = Histogram::new();
     for s in 0..samples + warmup {
         let key = key16(b'q', s as u64);
         let t = Instant::now();
@@ -144,7 +143,7 @@ async fn latency(port: u16, lock: &Lock, samples: usize) -> Result<Summary> {
             .try_acquire(&mut conn, &key, owner, ttl.as_bytes())
             .await?;
         if s >= warmup {
-            us.push(t.elapsed().as_secs_f64() * 1e6);
+            ns.record_ns(t.elapsed());
         }
         if got != Acquired::Granted {
             return Err(BenchError::Setup(
@@ -153,7 +152,7 @@ async fn latency(port: u16, lock: &Lock, samples: usize) -> Result<Summary> {
         }
         lock.release(&mut conn, &key, owner, ttl.as_bytes()).await?;
     }
-    Ok(Summary::of(&mut us))
+    Ok(ns.summary(1000.0))
 }
 
 /// `SAVE` and `DEBUG RELOAD NOSAVE`, timed; the RDB file's size.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{BenchError, Result};
-use crate::locks::{Acquired, Impl, Lock};
-use crate::resp::Conn;
+use crate::locks::{Acquired, Impl, Link, Lock};
+use crate::scenarios::client_lib::{ClientLib, LoadClient};
 use crate::scenarios::{key16, progress, Ctx};
 use crate::stats::median;
 
@@ -57,7 +57,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
                 ctx.admin.flushall().await?;
                 let cpu0 = ctx.admin.cpu_seconds().await?;
                 let t = Instant::now();
-                let rate = one_run(ctx, lock, depth).await?;
+                let rate = one_run(ctx, lock, depth, ClientLib::Resp).await?;
                 let cpu1 = ctx.admin.cpu_seconds().await?;
                 cpu.push((cpu1 - cpu0) / t.elapsed().as_secs_f64() * 100.0);
                 progress(&format!(
@@ -83,22 +83,23 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<ThroughputRow>> {
     Ok(rows)
 }
 
-async fn one_run(ctx: &Ctx, lock: &Lock, depth: usize) -> Result<f64> {
+/// One timed run of `lock` at pipeline depth `depth`: cycles per second.
+pub async fn one_run(ctx: &Ctx, lock: &Lock, depth: usize, lib: ClientLib) -> Result<f64> {
     let plan = &ctx.plan;
-    let mut conns = Vec::with_capacity(plan.tp_connections);
+    let mut links = Vec::with_capacity(plan.tp_connections);
     for _ in 0..plan.tp_connections {
-        conns.push(Conn::connect(ctx.port).await?);
+        links.push(LoadClient::connect(lib, ctx.port, false).await?);
     }
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + Duration::from_secs_f64(plan.tp_warmup);
     let end = measure_from + Duration::from_secs_f64(plan.tp_seconds);
     let window = Arc::new((start, measure_from, end));
     let mut tasks = Vec::new();
-    for (c, conn) in conns.into_iter().enumerate() {
+    for (c, link) in links.into_iter().enumerate() {
         let lock = lock.clone();
         let window = Arc::clone(&window);
         tasks.push(tokio::spawn(async move {
-            client(lock, conn, c, depth, *window).await
+            client(lock, link, c, depth, *window).await
         }));
     }
     let mut cycles = 0u64;
@@ -111,7 +112,7 @@ async fn one_run(ctx: &Ctx, lock: &Lock, depth: usize) -> Result<f64> {
 /// One client: returns the cycles it completed inside the measured window.
 async fn client(
     lock: Lock,
-    mut conn: Conn,
+    mut link: LoadClient,
     c: usize,
     depth: usize,
     window: (Instant, Instant, Instant),
@@ -130,26 +131,30 @@ async fn client(
         if now >= end {
             break;
         }
-        for k in &keys {
-            lock.queue_acquire(&mut conn, k, &owner, ttl);
-        }
-        conn.flush().await?;
-        for _ in &keys {
-            let r = conn.read_reply().await?;
-            if lock.acquired(&r)? != Acquired::Granted {
-                return Err(BenchError::unexpected("uncontended acquire", &r));
-            }
-        }
-        for k in &keys {
-            lock.queue_release(&mut conn, k, &owner, ttl);
-        }
-        conn.flush().await?;
-        for _ in &keys {
-            let r = conn.read_reply().await?;
-            if !lock.released(&r)? {
-                return Err(BenchError::unexpected("release by the holder", &r));
-            }
-        }
+        link.round_trip(
+            depth,
+            |q| {
+                keys.iter()
+                    .for_each(|k| lock.queue_acquire(q, k, &owner, ttl))
+            },
+            |r| match lock.acquired(r)? {
+                Acquired::Granted => Ok(()),
+                Acquired::Busy { .. } => Err(BenchError::unexpected("uncontended acquire", r)),
+            },
+        )
+        .await?;
+        link.round_trip(
+            depth,
+            |q| {
+                keys.iter()
+                    .for_each(|k| lock.queue_release(q, k, &owner, ttl))
+            },
+            |r| match lock.released(r)? {
+                true => Ok(()),
+                false => Err(BenchError::unexpected("release by the holder", r)),
+            },
+        )
+        .await?;
         done += depth as u64;
         let t = Instant::now();
         if t >= measure_from && t < end {

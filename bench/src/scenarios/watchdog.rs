@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{BenchError, Result};
-use crate::locks::{Impl, Lock};
-use crate::resp::Conn;
-use crate::scenarios::{apply_all, key16, owner36, progress, sleep_s, Bulk, Ctx, Op};
+use crate::locks::{Client, Impl, Link, Lock, Op, Queue};
+use crate::scenarios::{apply_all, key16, owner36, progress, sleep_s, Bulk, Ctx};
 
 /// One implementation.
 #[derive(Clone, Debug, Serialize)]
@@ -96,24 +95,22 @@ async fn one_run(ctx: &mut Ctx, lock: &Lock) -> Result<WatchdogRow> {
 
     let mut conns = Vec::with_capacity(WATCHDOG_CONNS);
     for _ in 0..WATCHDOG_CONNS {
-        conns.push(Conn::connect(ctx.port).await?);
+        conns.push(Client::connect(ctx.port, false).await?);
     }
     ctx.admin.reset_stats().await?;
     let start = Instant::now() + Duration::from_millis(10);
     let end = start + Duration::from_secs_f64(plan.wd_seconds);
     let cpu_start = ctx.admin.cpu_seconds().await?;
+    let schedule = Schedule {
+        locks: n,
+        ttl_ms,
+        interval,
+        start,
+        end,
+    };
     let mut tasks = Vec::new();
     for (c, conn) in conns.into_iter().enumerate() {
-        let lock = lock.clone();
-        let slice = Slice {
-            first: c,
-            locks: n,
-            ttl_ms,
-            interval,
-            start,
-            end,
-        };
-        tasks.push(tokio::spawn(renewer(lock, conn, slice)));
+        tasks.push(tokio::spawn(renewer(lock.clone(), conn, c, schedule)));
     }
     let (mut renewals, mut failed) = (0, 0);
     for t in tasks {
@@ -123,12 +120,11 @@ async fn one_run(ctx: &mut Ctx, lock: &Lock) -> Result<WatchdogRow> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_end = ctx.admin.cpu_seconds().await?;
-    let stats = ctx.admin.command_stats().await?;
-    let stat = lock.stat_names()[2];
-    let usec_per_call = stats
-        .get(stat)
-        .map(|s| s.usec as f64 / s.calls.max(1) as f64)
-        .unwrap_or(0.0);
+    let usec_per_call = ctx
+        .admin
+        .command_stat(lock.stat_name(Op::Renew))
+        .await?
+        .per_call();
     let cpu = cpu_end - cpu_start;
     if failed > 0 {
         return Err(BenchError::Setup(format!(
@@ -153,10 +149,9 @@ async fn one_run(ctx: &mut Ctx, lock: &Lock) -> Result<WatchdogRow> {
     })
 }
 
-/// The locks one watchdog client renews, and when.
-struct Slice {
-    /// Its first lock; then every `WATCHDOG_CONNS`-th.
-    first: usize,
+/// When the held locks are renewed.
+#[derive(Clone, Copy)]
+struct Schedule {
     /// Locks in all.
     locks: usize,
     ttl_ms: u64,
@@ -165,18 +160,23 @@ struct Slice {
     end: Instant,
 }
 
-/// One client's watchdog: returns (renewed, not renewed).
-async fn renewer(lock: Lock, mut conn: Conn, slice: Slice) -> Result<(u64, u64)> {
-    let Slice {
-        first: c,
+/// One client's watchdog, for locks `first`, `first + WATCHDOG_CONNS`, ...:
+/// returns (renewed, not renewed).
+async fn renewer(
+    lock: Lock,
+    mut client: Client,
+    first: usize,
+    schedule: Schedule,
+) -> Result<(u64, u64)> {
+    let Schedule {
         locks: n,
-        ttl_ms,
         interval,
         start,
         end,
-    } = slice;
-    let ttl = ttl_ms.to_string();
-    let mut due: VecDeque<(Instant, u64)> = (c..n)
+        ..
+    } = schedule;
+    let ttl = schedule.ttl_ms.to_string();
+    let mut due: VecDeque<(Instant, u64)> = (first..n)
         .step_by(WATCHDOG_CONNS)
         .map(|i| (start + interval.mul_f64(i as f64 / n as f64), i as u64))
         .collect();
@@ -190,34 +190,33 @@ async fn renewer(lock: Lock, mut conn: Conn, slice: Slice) -> Result<(u64, u64)>
         if now >= end {
             break;
         }
-        let mut sent = 0;
-        let pending = due.len();
+        // The locks that have come due, each once, rescheduled an interval on.
+        let mut renew = Vec::new();
         while let Some(&(at, i)) = due.front() {
-            if at > now || sent == pending {
+            if at > now || renew.len() == due.len() {
                 break;
             }
             due.pop_front();
-            lock.queue_renew(
-                &mut conn,
-                &key16(b'w', i),
-                &owner36(b'w', i),
-                ttl.as_bytes(),
-            );
+            renew.push(i);
             due.push_back((at + interval, i));
-            sent += 1;
         }
-        if sent == 0 {
+        if renew.is_empty() {
             continue;
         }
-        conn.flush().await?;
-        for _ in 0..sent {
-            let r = conn.read_reply().await?;
-            if lock.renewed(&r)? {
-                ok += 1;
-            } else {
-                bad += 1;
+        let queue = |q: &mut dyn Queue| {
+            for &i in &renew {
+                let (k, o) = (key16(b'w', i), owner36(b'w', i));
+                lock.queue_renew(q, &k, &o, ttl.as_bytes());
             }
-        }
+        };
+        let check = |r: &crate::resp::Reply| {
+            match lock.renewed(r)? {
+                true => ok += 1,
+                false => bad += 1,
+            }
+            Ok(())
+        };
+        client.round_trip(renew.len(), queue, check).await?;
     }
     Ok((ok, bad))
 }
