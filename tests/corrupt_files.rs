@@ -6,8 +6,12 @@
 //!   opcodes, huge lengths, other module id or encoding version) or whose
 //!   lock fields are well-formed but out of range makes Redis stop the way
 //!   it stops on its own corrupt files: it reports the file and exits by
-//!   itself, never by a signal, an assertion or a module panic. Fields at
-//!   their limits load, and the next token is above them.
+//!   itself, never by a signal, an assertion or a module panic. (Redis 7.0
+//!   then runs its RDB checker and exits with the checker's verdict: 1, or
+//!   0 when the file's structure is sound and only the module refused a
+//!   value; its checker also never ends on a module value cut at a field
+//!   boundary — see `hostile::clean_corrupt_rdb_exit`.) Fields at their
+//!   limits load, and the next token is above them.
 //! - A replica whose master (a fake one in the test) sends a corrupt RDB on
 //!   full sync exits cleanly or refuses and retries; it never aborts.
 //! - A replica refuses hostile `LOCK.APPLY` from its master and keeps
@@ -31,8 +35,8 @@ use std::time::{Duration, Instant};
 use testkit::hostile::{
     clean_corrupt_rdb_exit, crash_signs, find, find_lock_value, fix_trailing_crc, info_value,
     lock_info_violations, module_type_id, now_ms, parse_lock_info, rdb_len, Cmd, ModuleValue,
-    Outcome, Proc, RawConn, RawLockInfo, Reply, DAY_MS, MAX_TOKEN, OPCODE_MODULE_AUX, OP_DOUBLE,
-    OP_STRING, OP_UINT,
+    Outcome, Proc, RawConn, RawLockInfo, Reply, DAY_MS, MAX_SERVER_TOKEN, MAX_TOKEN,
+    OPCODE_MODULE_AUX, OP_DOUBLE, OP_STRING, OP_UINT,
 };
 use testkit::Server;
 
@@ -304,12 +308,8 @@ fn rdb_lock_fields_out_of_range_make_the_server_exit_cleanly() {
     let t = 1u64 << 40;
     let cases: Vec<(String, Vec<u8>)> = vec![
         (
-            "token 2^63-1".into(),
-            lock(TARGET, 1, i64::MAX as u64, now + hour),
-        ),
-        (
-            "token 0x7000_0000_0000_0001".into(),
-            lock(TARGET, 1, MAX_TOKEN + 1, now + hour),
+            "token 2^63".into(),
+            lock(TARGET, 1, MAX_SERVER_TOKEN + 1, now + hour),
         ),
         ("token 2^64-1".into(), lock(TARGET, 1, u64::MAX, now + hour)),
         ("token 0".into(), lock(TARGET, 1, 0, now + hour)),
@@ -336,8 +336,8 @@ fn rdb_lock_fields_out_of_range_make_the_server_exit_cleanly() {
             lock(TARGET, 1, t, now + 40 * DAY_MS),
         ),
         (
-            "highest-token aux field 2^63-1".into(),
-            with_aux_token(rdb, i64::MAX as u64),
+            "highest-token aux field 2^63".into(),
+            with_aux_token(rdb, MAX_SERVER_TOKEN + 1),
         ),
         (
             "highest-token aux field 2^64-1".into(),
@@ -379,7 +379,10 @@ fn rdb_lock_fields_at_their_limits_load_and_obey_the_rules() {
         parse_lock_info(&call(c, Cmd::new("LOCK.INFO").arg(k))).unwrap()
     };
     let t = info(&mut c, "lock:target").expect("the lock at its limits is loaded");
-    assert!(lock_info_violations(&t).is_empty(), "{t:?}");
+    assert!(
+        lock_info_violations(&t, MAX_SERVER_TOKEN).is_empty(),
+        "{t:?}"
+    );
     assert_eq!(
         (t.owner.as_slice(), t.holds, t.token),
         (owner.as_slice(), i64::MAX, MAX_TOKEN as i64)
@@ -443,6 +446,86 @@ fn rdb_lock_fields_at_their_limits_load_and_obey_the_rules() {
     assert_eq!(held, Some(3), "lock:target, lock:other, fresh");
     let signs = crash_signs(&p.log());
     assert!(signs.is_empty(), "{signs:?}\n{}", p.report());
+}
+
+#[test]
+fn an_rdb_claiming_the_last_token_loads_and_grants_fail_instead_of_repeating() {
+    let saved = saved_rdb();
+    let now = now_ms();
+    let last = MAX_SERVER_TOKEN;
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a lock with token 2^63-1",
+            with_value(
+                &saved.rdb,
+                TARGET,
+                &ModuleValue::lock(TARGET, 2, last, now + 3_600_000).encode_value(),
+            ),
+        ),
+        (
+            "the highest-token aux field at 2^63-1",
+            with_aux_token(&saved.rdb, last),
+        ),
+    ];
+    for (name, rdb) in files {
+        let (_dir, mut p) = start_on(&rdb, &[]);
+        match p.outcome(PATIENCE) {
+            Outcome::Serving => {}
+            other => panic!(
+                "{name}: the server did not load the file: {other:?}\n{}",
+                p.report()
+            ),
+        }
+        let mut c = p.conn();
+        let before = call(&mut c, Cmd::new("LOCK.INFO").arg("lock:target"));
+        // No token is left: a fresh grant fails and changes nothing.
+        let r = call(
+            &mut c,
+            Cmd::new("LOCK.ACQUIRE").arg("fresh").arg("me").arg("60000"),
+        );
+        assert!(
+            matches!(&r, Reply::Error(e) if e.starts_with("ERR")),
+            "{name}: a fresh grant answered {r:?}"
+        );
+        assert_eq!(
+            call(&mut c, Cmd::new("EXISTS").arg("fresh")),
+            Reply::Int(0),
+            "{name}"
+        );
+        // Re-entry needs no new token.
+        let t = parse_lock_info(&before)
+            .unwrap()
+            .expect("lock:target loaded");
+        let r = call(
+            &mut c,
+            Cmd::new("LOCK.ACQUIRE")
+                .arg("lock:target")
+                .arg(TARGET)
+                .arg("60000"),
+        );
+        assert_eq!(r, Reply::Int(t.token), "{name}: re-entry keeps the token");
+        // The server reloads what it wrote.
+        assert_eq!(
+            call(&mut c, Cmd::new("DEBUG").arg("RELOAD")),
+            Reply::Status("OK".into()),
+            "{name}: DEBUG RELOAD\n{}",
+            p.report()
+        );
+        let after = parse_lock_info(&call(&mut c, Cmd::new("LOCK.INFO").arg("lock:target")))
+            .unwrap()
+            .expect("lock:target after DEBUG RELOAD");
+        assert_eq!((after.token, after.holds), (t.token, t.holds + 1), "{name}");
+        let r = call(
+            &mut c,
+            Cmd::new("LOCK.ACQUIRE").arg("fresh").arg("me").arg("60000"),
+        );
+        assert!(
+            r.is_error(),
+            "{name}: after DEBUG RELOAD a fresh grant answered {r:?}"
+        );
+        let signs = crash_signs(&p.log());
+        assert!(signs.is_empty(), "{name}: {signs:?}\n{}", p.report());
+    }
 }
 
 // ------------------------------------------------------------ fake master
@@ -603,11 +686,11 @@ fn replica_full_sync_with_a_corrupt_payload_never_aborts() {
             edited(rdb, TARGET, |v| v.fields[0].opcode = OP_UINT),
         ),
         (
-            "token 2^63-1",
+            "token 2^64-1",
             with_value(
                 rdb,
                 TARGET,
-                &ModuleValue::lock(TARGET, 1, i64::MAX as u64, now_ms() + 3_600_000).encode_value(),
+                &ModuleValue::lock(TARGET, 1, u64::MAX, now_ms() + 3_600_000).encode_value(),
             ),
         ),
         (
@@ -693,20 +776,14 @@ fn hostile_applies(now: u64) -> Vec<(String, Vec<u8>)> {
     let tok = ((now << 20) + 77).to_string();
     let big_owner = vec![b'o'; 100_000];
     let long_owner = vec![b'o'; 1025];
-    let over = (MAX_TOKEN + 1).to_string();
-    let imax = i64::MAX.to_string();
     let umax = u64::MAX.to_string();
     let imax1 = (i64::MAX as u64 + 1).to_string();
     let far = (now + 40 * DAY_MS).to_string();
     let huge = (1u64 << 62).to_string();
     let cases: Vec<(&str, Vec<&[u8]>)> = vec![
         (
-            "token 0x7000_0000_0000_0001",
-            vec![&b"o"[..], b"1", over.as_bytes(), hour.as_bytes()],
-        ),
-        (
-            "token 2^63-1",
-            vec![&b"o"[..], b"1", imax.as_bytes(), hour.as_bytes()],
+            "token 2^63",
+            vec![&b"o"[..], b"1", imax1.as_bytes(), hour.as_bytes()],
         ),
         (
             "token 2^64-1",
@@ -825,12 +902,20 @@ fn a_replica_refuses_hostile_lock_apply_from_its_master() {
             ));
         }
     }
+    // Above the RESTORE limit but valid from a master.
+    stream.extend(apply_line(
+        "good:top",
+        b"t",
+        1,
+        MAX_TOKEN + 1,
+        now + 3_600_000,
+    ));
     // A hostile change of a lock the replica has: must leave it as it is.
     stream.extend(apply_line(
         "lock:target",
         b"intruder",
         1,
-        MAX_TOKEN + 1,
+        u64::MAX,
         now + 3_600_000,
     ));
     stream.extend(resp(&[b"SET", b"marker", b"done"]));
@@ -851,6 +936,13 @@ fn a_replica_refuses_hostile_lock_apply_from_its_master() {
     match good {
         Some(i) if i.owner == b"g" && i.holds == 2 && i.token == good_token as i64 => {}
         other => failures.push(format!("the valid LOCK.APPLY gave {other:?}")),
+    }
+    let top = parse_lock_info(&call(&mut c, Cmd::new("LOCK.INFO").arg("good:top"))).unwrap();
+    match top {
+        Some(i) if i.owner == b"t" && i.token == (MAX_TOKEN + 1) as i64 => {}
+        other => failures.push(format!(
+            "a LOCK.APPLY with token 0x7000000000000001 (valid from a master) gave {other:?}"
+        )),
     }
     let target = parse_lock_info(&call(&mut c, Cmd::new("LOCK.INFO").arg("lock:target"))).unwrap();
     match target {
@@ -946,12 +1038,20 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
             _ => {}
         }
     }
+    // Above the RESTORE limit but valid in a file a server wrote.
+    tail.extend(apply_line(
+        "applied:top",
+        b"owner-t",
+        1,
+        MAX_TOKEN + 1,
+        now + 3_600_000,
+    ));
     // Hostile changes of an existing lock: it stays as it was.
     tail.extend(apply_line(
         "good:1",
         b"intruder",
         1,
-        MAX_TOKEN + 1,
+        u64::MAX,
         now + 3_600_000,
     ));
     tail.extend(resp(&[
@@ -1008,7 +1108,7 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
                 if i.owner == owner
                     && i.holds == holds
                     && i.token == token
-                    && lock_info_violations(&i).is_empty() => {}
+                    && lock_info_violations(&i, MAX_SERVER_TOKEN).is_empty() => {}
             other => failures.push(format!(
                 "{k}: expected owner {:?} holds {holds} token {token:#x}, got {other:?}",
                 String::from_utf8_lossy(&owner[..owner.len().min(20)])
@@ -1049,8 +1149,17 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
     if call(&mut c, Cmd::new("GET").arg("str")) != Reply::Bulk(b"v".to_vec()) {
         failures.push("the string key is lost".into());
     }
+    let top = info(&mut c, "applied:top");
+    expect(
+        &mut failures,
+        "applied:top",
+        top,
+        b"owner-t",
+        1,
+        (MAX_TOKEN + 1) as i64,
+    );
     let fresh = acquire(&mut c, "fresh", b"me", 60_000);
-    if fresh <= MAX_TOKEN as i64 {
+    if fresh <= (MAX_TOKEN + 1) as i64 {
         failures.push(format!(
             "fresh token {fresh:#x} is not above the AOF's tokens"
         ));

@@ -8,8 +8,11 @@
 //! one): bit flips, byte changes, truncations, inserted and extra bytes,
 //! extra, duplicated, dropped and swapped fields, huge string lengths,
 //! extreme integers, wrong opcodes, other module ids and encoding
-//! versions, other type bytes, other RDB versions, non-minimal length
-//! encodings. Each payload is also judged by a model of how Redis 7.0 and
+//! versions, other type bytes (the pre-release module framing without
+//! opcodes, unknown types; never one of Redis's own types, which would
+//! test Redis — it can hang on some), other RDB versions, non-minimal
+//! length encodings, binary key names (the lease timer must cope). Each
+//! payload is also judged by a model of how Redis 7.0 and
 //! the module rules read it (`hostile::restore_verdict`): a payload the
 //! rules accept must be stored, one they refuse must get an error reply.
 //!
@@ -445,7 +448,7 @@ fn mutate_value(rng: &mut Rng, v: &mut ModuleValue, now: u64) -> &'static str {
             "eof-marker"
         }
         14 => {
-            v.type_byte = *rng.pick(&[TYPE_MODULE_1, 0, 1, 5, 8, 20, 100, 255]);
+            v.type_byte = *rng.pick(&[TYPE_MODULE_1, 8, 20, 100, 255]);
             "type-byte"
         }
         15 if nf > 0 => {
@@ -560,7 +563,20 @@ fn finish_payload(rng: &mut Rng, body: &[u8], ops: &mut Vec<String>) -> Vec<u8> 
     }
 }
 
+/// A case whose payload does not name one of Redis's own object types:
+/// those test Redis, not the module, and Redis 7.0 itself can hang on them
+/// (a set that declares 2^40 members makes it allocate, then walk, a
+/// table of that size).
 fn gen_case(st: &mut State, n: usize, now: u64) -> Case {
+    loop {
+        let case = gen_any_case(st, n, now);
+        if !matches!(&case.verdict, Verdict::Either(r) if r.starts_with("Redis object type")) {
+            return case;
+        }
+    }
+}
+
+fn gen_any_case(st: &mut State, n: usize, now: u64) -> Case {
     let rng = &mut st.rng;
     let mut ops: Vec<String> = Vec::new();
     let (payload, handmade_case) = if rng.percent(20) {
@@ -868,7 +884,7 @@ fn check_accepted(
         }
         Ok(Some(i)) => {
             st.counts.accepted_shown += 1;
-            for v in lock_info_violations(&i) {
+            for v in lock_info_violations(&i, MAX_TOKEN) {
                 st.violation(
                     case,
                     format!("a restored lock breaks the rules: {v} ({i:?})"),
@@ -953,7 +969,7 @@ fn reentries(st: &mut State, c: &mut RawConn) -> io::Result<()> {
         for i in [&i1, &i2] {
             match i {
                 Ok(Some(i)) => {
-                    for v in lock_info_violations(i) {
+                    for v in lock_info_violations(i, MAX_TOKEN) {
                         bad.push(format!("after re-entry/release: {v}"));
                     }
                     if i.owner != owner || i.token != token {

@@ -24,8 +24,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // ------------------------------------------------------------------ rules
 
-/// The largest fencing token a load path accepts.
+/// The largest fencing token a `RESTORE` payload may carry (anyone can
+/// send one).
 pub const MAX_TOKEN: u64 = 0x7000_0000_0000_0000;
+/// The largest token in what a server wrote (an RDB file, a full sync, the
+/// AOF, a master's stream): 2^63-1. A server that restored a token near
+/// [`MAX_TOKEN`] issues larger ones and must reload its own files.
+pub const MAX_SERVER_TOKEN: u64 = i64::MAX as u64;
 /// The longest owner, in bytes.
 pub const MAX_OWNER: usize = 1024;
 /// One day in milliseconds.
@@ -1053,8 +1058,9 @@ pub fn parse_lock_info(r: &Reply) -> Result<Option<RawLockInfo>, String> {
 }
 
 /// Checks a lock shown by `LOCK.INFO` against the rules: owner 1..=1024
-/// bytes, holds >= 1, ttl within 31 days, token 1..=MAX_TOKEN.
-pub fn lock_info_violations(i: &RawLockInfo) -> Vec<String> {
+/// bytes, holds >= 1, ttl within 31 days, token 1..=`max_token`
+/// ([`MAX_TOKEN`] for a restored lock, [`MAX_SERVER_TOKEN`] otherwise).
+pub fn lock_info_violations(i: &RawLockInfo, max_token: u64) -> Vec<String> {
     let mut v = Vec::new();
     if i.owner.is_empty() || i.owner.len() > MAX_OWNER {
         v.push(format!("owner of {} bytes", i.owner.len()));
@@ -1065,7 +1071,7 @@ pub fn lock_info_violations(i: &RawLockInfo) -> Vec<String> {
     if i.ttl < 0 || i.ttl as u64 > MAX_DEADLINE_AHEAD_MS {
         v.push(format!("ttl {} ms", i.ttl));
     }
-    if i.token < 1 || i.token as u64 > MAX_TOKEN {
+    if i.token < 1 || i.token as u64 > max_token {
         v.push(format!("token {:#x}", i.token));
     }
     v
