@@ -32,7 +32,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testkit::hostile::{has_error_code, info_value, log_excerpt, Cmd, RawConn, Reply, Rng};
+use testkit::hostile::{
+    has_error_code, info_value, log_excerpt, Cmd, RawConn, Reply, Rng, TimeBudget,
+};
 use testkit::Server;
 
 const DEFAULT_SEED: u64 = 0xa7a5_f00d_0009;
@@ -490,7 +492,6 @@ impl Unblocker {
 fn random_lock_command_arguments_never_crash_and_errors_change_nothing() {
     let seed = testkit::hostile::fuzz_seed(DEFAULT_SEED);
     let count = testkit::hostile::env_u64("FENCELOCK_FUZZ_COUNT", 10_000) as usize;
-    let limit = Duration::from_secs(testkit::hostile::env_u64("FENCELOCK_FUZZ_SECONDS", 120));
     let s = Server::start();
     let mut c = RawConn::connect(s.port).unwrap();
     let id = c
@@ -502,16 +503,10 @@ fn random_lock_command_arguments_never_crash_and_errors_change_nothing() {
     let mut rng = Rng::new(seed);
     let mut counts = Counts::default();
     let mut violations: Vec<String> = Vec::new();
-    let started = Instant::now();
-    let mut cut_short = false;
+    let mut budget = TimeBudget::start();
     let mut n = 0;
     while n < count {
-        if started.elapsed() > limit {
-            cut_short = true;
-            println!(
-                "STOPPING EARLY: the {limit:?} time limit passed after {n} of {count} vectors \
-                 (slow machine?); everything run so far is checked"
-            );
+        if budget.spent(n, count, "vectors") {
             break;
         }
         set_up(&mut c);
@@ -614,7 +609,7 @@ fn random_lock_command_arguments_never_crash_and_errors_change_nothing() {
         }
         n += batch.len();
     }
-    let elapsed = started.elapsed();
+    let elapsed = budget.started.elapsed();
     let unblocked = unblocker.finish();
     assert_eq!(
         c.call(&Cmd::new("PING")).unwrap(),
@@ -658,7 +653,7 @@ fn random_lock_command_arguments_never_crash_and_errors_change_nothing() {
         "both refused and accepted vectors ran"
     );
     assert!(counts.digest_checked > 0);
-    if !cut_short {
+    if !budget.cut_short {
         assert_eq!(counts.run, count, "every vector was run");
     }
 }

@@ -42,8 +42,8 @@ use testkit::hostile::{
     dump_payload, fencelock_type_id, has_error_code, hex, info_value, lock_info_violations,
     log_excerpt, module_type_id, now_ms, parse_lock_info, rdb_int_str, rdb_len, rdb_len_variant,
     rdb_lzf_literal_str, rdb_str, restore_verdict, Cmd, LockFields, ModuleValue, RawConn, RawField,
-    RdbReader, Reply, Rng, Verdict, DAY_MS, MAX_TOKEN, OP_DOUBLE, OP_FLOAT, OP_SINT, OP_STRING,
-    OP_UINT, RDB_VERSION, TYPE_MODULE_1,
+    RdbReader, Reply, Rng, TimeBudget, Verdict, DAY_MS, MAX_TOKEN, OP_DOUBLE, OP_FLOAT, OP_SINT,
+    OP_STRING, OP_UINT, RDB_VERSION, TYPE_MODULE_1,
 };
 use testkit::Server;
 
@@ -1063,14 +1063,13 @@ fn fuzz_server() -> Server {
 fn mutated_restore_payloads_never_crash_and_refused_ones_store_nothing() {
     let seed = testkit::hostile::fuzz_seed(DEFAULT_SEED);
     let count = testkit::hostile::env_u64("FENCELOCK_FUZZ_COUNT", 10_000) as usize;
-    let limit = Duration::from_secs(testkit::hostile::env_u64("FENCELOCK_FUZZ_SECONDS", 120));
     // FENCELOCK_FUZZ_KEEP_GOING=1: after a crash, note it, start a new
     // server and go on (to list every crashing payload at once).
     let keep_going = testkit::hostile::env_u64("FENCELOCK_FUZZ_KEEP_GOING", 0) != 0;
     let mut s = fuzz_server();
     let mut c = RawConn::connect(s.port).unwrap();
     let mut crashes: Vec<String> = Vec::new();
-    let started = Instant::now();
+    let mut budget = TimeBudget::start();
     let bases = make_bases(&mut c);
     let mut st = State {
         rng: Rng::new(seed),
@@ -1082,15 +1081,9 @@ fn mutated_restore_payloads_never_crash_and_refused_ones_store_nothing() {
         pool_info: BTreeMap::new(),
         vanish: BTreeMap::new(),
     };
-    let mut cut_short = false;
     let mut n = 0;
     while n < count {
-        if started.elapsed() > limit {
-            cut_short = true;
-            println!(
-                "STOPPING EARLY: the {limit:?} time limit passed after {n} of {count} payloads \
-                 (slow machine?); everything run so far is checked"
-            );
+        if budget.spent(n, count, "payloads") {
             break;
         }
         let now = now_ms();
@@ -1158,7 +1151,7 @@ fn mutated_restore_payloads_never_crash_and_refused_ones_store_nothing() {
             }
         }
     }
-    let fuzz_time = started.elapsed();
+    let fuzz_time = budget.started.elapsed();
 
     // Locks with short or past deadlines disappear on their own.
     let mut pending: Vec<(Vec<u8>, Instant)> =
@@ -1226,7 +1219,7 @@ fn mutated_restore_payloads_never_crash_and_refused_ones_store_nothing() {
         k.run,
         k.handmade,
         fuzz_time.as_secs_f64(),
-        (started.elapsed() - fuzz_time).as_secs_f64(),
+        (budget.started.elapsed() - fuzz_time).as_secs_f64(),
         k.refused,
         k.accepted_shown + k.accepted_expired_at_once + k.accepted_discarded_by_abs_ttl + k.accepted_other_type,
         k.accepted_shown,
@@ -1259,7 +1252,7 @@ fn mutated_restore_payloads_never_crash_and_refused_ones_store_nothing() {
     );
     assert!(k.refused > 0, "no payload was refused");
     assert!(k.accepted_shown > 0, "no payload was accepted as a lock");
-    if !cut_short {
+    if !budget.cut_short {
         assert_eq!(k.run, count, "every payload was run");
         assert!(k.run >= 10_000 || count < 10_000);
     }

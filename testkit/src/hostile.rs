@@ -137,6 +137,45 @@ pub fn fuzz_seed(default: u64) -> u64 {
     seed
 }
 
+/// A fuzzer's time budget (`FENCELOCK_FUZZ_SECONDS`, default 120 s): past
+/// it the run stops early, says so, and still checks everything it did.
+#[derive(Debug)]
+pub struct TimeBudget {
+    /// When the run started.
+    pub started: Instant,
+    limit: Duration,
+    /// Whether the run stopped early.
+    pub cut_short: bool,
+}
+
+impl TimeBudget {
+    /// A budget that starts now.
+    pub fn start() -> TimeBudget {
+        TimeBudget {
+            started: Instant::now(),
+            limit: Duration::from_secs(env_u64("FENCELOCK_FUZZ_SECONDS", 120)),
+            cut_short: false,
+        }
+    }
+
+    /// True (and said once) when the budget is spent after `done` of
+    /// `total` `what`s.
+    pub fn spent(&mut self, done: usize, total: usize, what: &str) -> bool {
+        if self.started.elapsed() <= self.limit {
+            return false;
+        }
+        if !self.cut_short {
+            println!(
+                "STOPPING EARLY: the {:?} time limit passed after {done} of {total} {what} \
+                 (slow machine?); everything run so far is checked",
+                self.limit
+            );
+        }
+        self.cut_short = true;
+        true
+    }
+}
+
 /// An integer setting from the environment (decimal or 0x-hex), or `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
