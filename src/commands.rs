@@ -7,16 +7,18 @@ use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, 
 
 use crate::datatype::LOCK_TYPE;
 use crate::expiry;
-use crate::key::{lock_in, Current, LockKey};
+use crate::key::{count_grant, lock_in, LockKey};
 use crate::metrics::{self, bump, STATS};
 use crate::redis::calls;
-use crate::rules::args::{self, ArgError, Wait};
-use crate::rules::lock::{LoadedFrom, Lock, Released, TokensExhausted};
+use crate::rules::args::{self, Apply, ArgError, Wait};
+use crate::rules::lock::{
+    Admit, Holder, LoadedFrom, Lock, ReleaseError, Released, TokensExhausted,
+};
 use crate::state::{self, now_ms};
 use crate::waiting;
 
 /// The reply to a `LOCK.APPLY` whose values are out of range.
-const ERR_APPLY_RANGE: &str = "ERR LOCK.APPLY refused: owner 1..1024 bytes, holds >= 1, token 1..2^63-1, deadline-ms <= now + 31 days";
+const ERR_APPLY_RANGE: &str = "ERR LOCK.APPLY refused: owner 1..1024 bytes, holds >= 1, token 1..2^63-1, deadline-ms <= now + 31 days, and the key's rules (one exclusive holder alone, permits within the limit, one kind)";
 
 /// Maps a parse failure to its reply.
 fn bad(e: ArgError) -> RedisError {
@@ -27,14 +29,14 @@ fn bad(e: ArgError) -> RedisError {
 }
 
 /// Parses the arguments after the command name with `parse`, without
-/// allocating (no command takes more than five; anything past eight is
+/// allocating (no command takes more than nine; anything past twelve is
 /// dropped, which leaves the request invalid, as it was); returns the key
 /// name with the request.
 fn parsed<'a, R>(
     args: &'a [RedisString],
     parse: impl FnOnce(&[&'a [u8]]) -> Result<R, ArgError>,
 ) -> Result<(&'a RedisString, R), RedisError> {
-    let mut buf: [&'a [u8]; 8] = [&[]; 8];
+    let mut buf: [&'a [u8]; 12] = [&[]; 12];
     let rest = args.get(1..).unwrap_or_default();
     let n = rest.len().min(buf.len());
     for (slot, arg) in buf.iter_mut().zip(rest) {
@@ -64,39 +66,41 @@ fn integer(v: u64) -> RedisValue {
     RedisValue::Integer(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-/// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms]`
+/// `LOCK.ACQUIRE key owner ttl-ms [SHARED | LIMIT permits [COUNT n]] [WAIT timeout-ms]`
 pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     on_key(ctx, &args, args::acquire, |key, req, now| {
-        let current = match key.current(now)? {
-            Current::Free => None,
-            Current::Held(lock) => Some(lock),
-            // Expired just now (waiters come first): look again.
-            Current::Expired => key.lock()?,
+        let Some(lock) = key.current(now)? else {
+            // A free key: the first grant sets its kind.
+            let (token, others_wait) = state::with(|s| (s.tokens.next(now), !s.queues.is_empty()));
+            let token = token.map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
+            key.store_new(Lock::grant(req.owner, req.want, token, now, req.ttl_ms))?;
+            count_grant(req.want);
+            if others_wait {
+                // Waiters of this owner re-enter at once.
+                key.serve(now)?;
+            }
+            return Ok(integer(token));
         };
-        match current {
-            None => {
-                let (token, others_wait) =
-                    state::with(|s| (s.tokens.next(now), !s.queues.is_empty()));
-                let token = token.map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
-                key.store_grant(Lock::grant(req.owner, token, now, req.ttl_ms))?;
-                bump(&STATS.grants);
-                if others_wait {
-                    if let Some(lock) = key.lock()? {
-                        key.admit_same_owner(lock, now);
-                    }
-                }
+        match lock.admit(req.owner, req.want, key.waiters() == 0) {
+            Admit::Fresh => {
+                let token = state::with(|s| s.tokens.next(now))
+                    .map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
+                let i = lock.add(req.owner, req.want, token, now, req.ttl_ms);
+                key.holder_changed(lock, i, None);
+                count_grant(req.want);
                 Ok(integer(token))
             }
-            Some(lock) if lock.is_held_by(req.owner) => {
-                let old = lock.deadline_ms;
+            Admit::Reenter(i) => {
+                let before = lock.holders.get(i).map(|h| h.deadline_ms);
                 let token = lock
-                    .reenter(req.owner, now, req.ttl_ms)
-                    .map_err(|_| RedisError::Str("ERR lock changed hands"))?;
-                key.updated(lock, old);
+                    .reenter(i, req.want, now, req.ttl_ms)
+                    .ok_or(RedisError::Str("ERR lock changed hands"))?;
+                key.holder_changed(lock, i, before);
                 bump(&STATS.reentries);
                 Ok(integer(token))
             }
-            Some(_) => {
+            Admit::Refused(why) => Err(RedisError::String(why.reply().into_owned())),
+            Admit::Busy => {
                 let may_block = !ctx.get_flags().intersects(
                     ContextFlags::DENY_BLOCKING | ContextFlags::MULTI | ContextFlags::LUA,
                 );
@@ -116,10 +120,9 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// `LOCK.RENEW key owner ttl-ms`
 pub fn renew(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     on_key(ctx, &args, args::renew, |key, req, now| {
-        if let Current::Held(lock) = key.current(now)? {
-            let old = lock.deadline_ms;
-            if lock.renew(req.owner, now, req.ttl_ms).is_ok() {
-                key.updated(lock, old);
+        if let Some(lock) = key.current(now)? {
+            if let Some((i, before)) = lock.renew(req.owner, now, req.ttl_ms) {
+                key.holder_changed(lock, i, Some(before));
                 bump(&STATS.renewals);
                 return Ok(RedisValue::Integer(1));
             }
@@ -129,23 +132,30 @@ pub fn renew(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
 }
 
-/// `LOCK.RELEASE key owner`
+/// `LOCK.RELEASE key owner [COUNT n]`
 pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     on_key(ctx, &args, args::release, |key, req, now| {
-        if let Current::Held(lock) = key.current(now)? {
-            let (deadline, token) = (lock.deadline_ms, lock.token);
-            match lock.release(req.owner) {
-                Ok(Released::StillHeld(holds)) => {
-                    key.updated(lock, deadline);
+        if let Some(lock) = key.current(now)? {
+            match lock.release(req.owner, req.count) {
+                Ok((i, Released::StillHeld(left))) => {
+                    let deadline = lock.holders.get(i).map(|h| h.deadline_ms);
+                    key.holder_changed(lock, i, deadline);
                     bump(&STATS.releases);
-                    return Ok(integer(holds));
+                    // Permits returned, or an exclusive hold given up:
+                    // waiters may fit now.
+                    key.serve(now)?;
+                    return Ok(integer(left));
                 }
-                Ok(Released::Free) => {
-                    key.remove(deadline, token, c"lock.release", now)?;
+                Ok((_, Released::Gone(holder))) => {
+                    key.holder_gone(lock, &holder, c"lock.release")?;
                     bump(&STATS.releases);
+                    key.serve(now)?;
                     return Ok(RedisValue::Integer(0));
                 }
-                Err(_) => {}
+                Err(ReleaseError::TooMany(held)) => {
+                    return Err(RedisError::String(ReleaseError::reply(held)));
+                }
+                Err(ReleaseError::NotHolder) => {}
             }
         }
         bump(&STATS.release_misses);
@@ -153,22 +163,32 @@ pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
 }
 
-/// `LOCK.FORCERELEASE key`
+/// `LOCK.FORCERELEASE key [owner]`
 pub fn force_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    on_key(ctx, &args, args::key_only, |key, (), now| {
-        match key.current(now)? {
-            Current::Held(lock) => {
-                key.remove(lock.deadline_ms, lock.token, c"lock.forcerelease", now)?;
-                bump(&STATS.forced_releases);
-                Ok(RedisValue::Integer(1))
+    on_key(ctx, &args, args::force_release, |key, req, now| {
+        let Some(lock) = key.current(now)? else {
+            return Ok(RedisValue::Integer(0));
+        };
+        match req.owner {
+            None => {
+                key.delete(lock)?;
+                key.notify(c"lock.forcerelease");
             }
-            Current::Free | Current::Expired => Ok(RedisValue::Integer(0)),
+            Some(owner) => {
+                let Some(holder) = lock.find(owner).and_then(|i| lock.remove(i)) else {
+                    return Ok(RedisValue::Integer(0));
+                };
+                key.holder_gone(lock, &holder, c"lock.forcerelease")?;
+            }
         }
+        bump(&STATS.forced_releases);
+        key.serve(now)?;
+        Ok(RedisValue::Integer(1))
     })
 }
 
-/// `LOCK.INFO key`: read-only; a lock whose lease has passed is never shown
-/// (also on a replica, which waits for the master to delete it).
+/// `LOCK.INFO key`: read-only; a lease that has passed is never shown (also
+/// on a replica, which waits for the master to remove it).
 pub fn info(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (name, ()) = parsed(&args, args::key_only)?;
     let key = ctx.open_key(name);
@@ -177,19 +197,20 @@ pub fn info(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .map_err(|_| RedisError::WrongType)?;
     let now = now_ms();
     match lock {
-        Some(lock) if !lock.is_expired(now) => {
+        Some(lock) if lock.holders.iter().any(|h| !h.is_expired(now)) => {
             let db = calls::selected_db(ctx);
             let waiters = state::with(|s| s.queues.waiting(db, name.as_slice()));
-            calls::reply_lock_info(ctx, lock, lock.remaining_ms(now), waiters);
+            calls::reply_lock_info(ctx, lock, now, waiters);
             Ok(RedisValue::NoReply)
         }
         _ => Ok(RedisValue::Null),
     }
 }
 
-/// `LOCK.APPLY key owner holds token deadline-ms` — internal: the effect of
-/// a change as the master replicates it and as the AOF records it. Accepted
-/// only from the master's replication stream or while loading the AOF.
+/// `LOCK.APPLY key ...` — internal: the effect of a change as the master
+/// replicates it and as the AOF records it (see docs/INTERFACE.md).
+/// Accepted only from the master's replication stream or while loading the
+/// AOF.
 pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if !ctx
         .get_flags()
@@ -200,28 +221,71 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         ));
     }
     let (name, req) = parsed(&args, args::apply)?;
+    let now = now_ms();
     // The stream is checked like any other input: a value the commands
     // could never have produced is refused, and nothing changes.
-    let lock = Lock::from_loaded(
-        LoadedFrom::Server,
-        req.owner,
-        req.holds,
-        req.token,
-        req.deadline_ms,
-        now_ms(),
-    )
-    .map_err(|why| {
+    let refused = |why: crate::rules::lock::InvalidLock| {
         ctx.log_warning(&format!("fencelock: refused LOCK.APPLY: {}", why.reason()));
         RedisError::Str(ERR_APPLY_RANGE)
-    })?;
-    state::with(|s| s.tokens.observe(lock.token));
+    };
     let key = ctx.open_key_writable(name);
-    if lock_in(&key).is_err() {
-        key.delete()?;
+    let store = |lock: Lock| -> Result<(), RedisError> {
+        if lock_in(&key).is_err() {
+            key.delete()?;
+        }
+        key.set_value(&LOCK_TYPE, lock)
+            .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
+        metrics::lock_stored();
+        Ok(())
+    };
+    match req {
+        Apply::Exclusive {
+            owner,
+            holds,
+            token,
+            deadline_ms,
+        } => {
+            let lock = Lock::from_loaded(LoadedFrom::Server, owner, holds, token, deadline_ms, now)
+                .map_err(refused)?;
+            state::with(|s| s.tokens.observe(token));
+            store(lock)?;
+        }
+        Apply::Share {
+            owner,
+            limit,
+            exclusive,
+            shared,
+            token,
+            deadline_ms,
+        } => {
+            let holder = Holder::from_loaded(
+                LoadedFrom::Server,
+                owner,
+                exclusive,
+                shared,
+                token,
+                deadline_ms,
+                now,
+            )
+            .map_err(refused)?;
+            match lock_in(&key) {
+                Ok(Some(lock)) => lock.upsert(limit, holder).map_err(refused)?,
+                _ => {
+                    let mut lock = Lock::default();
+                    lock.upsert(limit, holder).map_err(refused)?;
+                    store(lock)?;
+                }
+            }
+            state::with(|s| s.tokens.observe(token));
+        }
+        Apply::Drop { owner } => {
+            if let Ok(Some(lock)) = lock_in(&key) {
+                if lock.find(owner).and_then(|i| lock.remove(i)).is_some() && lock.is_empty() {
+                    key.delete()?;
+                }
+            }
+        }
     }
-    key.set_value(&LOCK_TYPE, lock)
-        .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
-    metrics::lock_stored();
     // Redis never propagates module commands by itself: without this, a
     // replica's own AOF would miss every lock it received, and a replica
     // restarted from it would lose them. (A replica feeds only its AOF from

@@ -11,7 +11,7 @@ use redis_module::native_types::RedisType;
 use crate::metrics;
 use crate::redis::calls::{RdbReader, RdbWriter};
 use crate::redis::entry;
-use crate::rules::encoding::{self, DecodeError, ENCODING_VERSION};
+use crate::rules::encoding::{self, DecodeError, FieldSink, ENCODING_VERSION};
 use crate::rules::lock::{LoadedFrom, Lock};
 use crate::state::{self, now_ms};
 
@@ -30,18 +30,27 @@ pub fn load(rdb: &mut RdbReader, encver: i32) -> Result<Lock, DecodeError> {
         LoadedFrom::Restore
     };
     let lock = encoding::decode(rdb, encver, from, now_ms())?;
-    state::with(|s| s.tokens.observe(lock.token));
+    state::with(|s| {
+        for h in &lock.holders {
+            s.tokens.observe(h.token);
+        }
+    });
     metrics::lock_stored();
     Ok(lock)
 }
 
-/// Writes one lock (`rdb_save`).
-pub fn save(rdb: &RdbWriter, lock: &Lock) {
-    let (owner, holds, token, deadline_ms) = encoding::fields(lock);
-    rdb.bytes(owner);
-    rdb.u64(holds);
-    rdb.u64(token);
-    rdb.u64(deadline_ms);
+/// Writes one lock (`rdb_save`) in the current encoding.
+pub fn save(rdb: &mut RdbWriter, lock: &Lock) {
+    encoding::encode(lock, rdb);
+}
+
+impl FieldSink for RdbWriter {
+    fn u64(&mut self, v: u64) {
+        RdbWriter::u64(self, v);
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        RdbWriter::bytes(self, v);
+    }
 }
 
 /// Reads the module-global aux field: the highest token issued.

@@ -7,8 +7,9 @@ use redis_module::{Context, ContextFlags};
 
 use crate::datatype::LOCK_TYPE;
 use crate::expiry;
-use crate::key::{Current, LockKey};
+use crate::key::LockKey;
 use crate::redis::calls::{self, ScannedLock, WaitOutcome};
+use crate::rules::lock::Lock;
 use crate::state::{self, is_master, now_ms};
 
 /// The answer to cluster waiters whose lock was removed or moved by a
@@ -27,11 +28,13 @@ pub fn init_role(ctx: &Context) {
 }
 
 /// A lock arrived by `RESTORE` (e.g. `MIGRATE` into this node): track its
-/// lease under its key, so it expires on time here.
-pub fn on_lock_restored(db: i32, key: &[u8], deadline_ms: u64, token: u64) {
+/// holders' leases under its key, so they expire on time here.
+pub fn on_lock_restored(db: i32, key: &[u8], lock: &Lock) {
     state::with(|s| {
-        s.tokens.observe(token);
-        s.track(deadline_ms, token, db, key);
+        for h in &lock.holders {
+            s.tokens.observe(h.token);
+            s.track(h.deadline_ms, h.token, db, key);
+        }
     });
     expiry::ensure_armed_detached();
 }
@@ -105,9 +108,11 @@ fn track_relocated(ctx: &Context) {
         state::with(|s| {
             for l in found
                 .iter()
-                .filter(|l| wanted.get(&l.value) == Some(&l.token))
+                .filter(|l| wanted.get(&l.value) == Some(&l.first_token))
             {
-                s.track(l.deadline_ms, l.token, db, &l.key);
+                for (deadline, token) in &l.leases {
+                    s.track(*deadline, *token, db, &l.key);
+                }
             }
         });
     });
@@ -148,7 +153,7 @@ fn on_sweep_timer(ctx: &Context) {
     for (db, name) in keys {
         let answer_all = |error: &'static str| {
             for w in state::with(|s| s.queues.take_all(db, &name)) {
-                calls::unblock_client(w.id, WaitOutcome::Error(error));
+                calls::unblock_client(w.id, WaitOutcome::Error(error.into()));
             }
         };
         if cluster {
@@ -160,13 +165,12 @@ fn on_sweep_timer(ctx: &Context) {
         }
         let name_string = calls::key_string(ctx, &name);
         let key = LockKey::open(ctx, &name_string);
+        // Passed leases expire first (serving the waiters); then whatever
+        // is free (the whole name, or room beside the holders) goes to them.
         match key.current(now) {
-            Ok(Current::Free) => {
-                let _ = key.hand_off(now);
+            Ok(_) => {
+                let _ = key.serve(now);
             }
-            // Expired just now, and handed off with it.
-            Ok(Current::Expired) => {}
-            Ok(Current::Held(lock)) => key.admit_same_owner(lock, now),
             Err(_) => answer_all(ERR_NOW_OTHER_TYPE),
         }
     }
@@ -212,8 +216,10 @@ fn rebuild_schedule(ctx: &Context) {
     for_each_db(ctx, |db, found| {
         state::with(|s| {
             for l in &found {
-                s.tokens.observe(l.token);
-                s.track(l.deadline_ms, l.token, db, &l.key);
+                for (deadline, token) in &l.leases {
+                    s.tokens.observe(*token);
+                    s.track(*deadline, *token, db, &l.key);
+                }
             }
         });
     });

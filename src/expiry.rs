@@ -6,6 +6,7 @@
 use redis_module::Context;
 
 use crate::key::LockKey;
+use crate::metrics::{bump, STATS};
 use crate::redis::calls;
 use crate::state::{self, is_master, now_ms};
 
@@ -92,14 +93,18 @@ fn on_expiry_timer(ctx: &Context) {
         }
         let name = calls::key_string(ctx, &lease.at.key);
         let key = LockKey::open(ctx, &name);
-        // Act only on the very lock this entry was made for: a stale entry
-        // (key deleted, overwritten, renewed) must never touch another lock.
-        let current = match key.lock() {
-            Ok(Some(lock)) => lock.token == lease.token && lock.deadline_ms == lease.deadline_ms,
-            _ => false,
-        };
-        if current {
-            let _ = key.expire(lease.deadline_ms, lease.token, now);
+        // Act only on the very share this entry was made for: a stale entry
+        // (key deleted, overwritten, renewed) must never touch another.
+        if let Ok(Some(lock)) = key.lock() {
+            if let Some(holder) = lock
+                .find_lease(lease.token, lease.deadline_ms)
+                .and_then(|i| lock.remove(i))
+            {
+                bump(&STATS.expired);
+                if key.holder_gone(lock, &holder, c"lock.expire").is_ok() {
+                    let _ = key.serve(now);
+                }
+            }
         }
     }
     if more {

@@ -1,7 +1,7 @@
-//! One lock key: the lock stored there, and the one place where a change to
+//! One lock key: the value stored there, and the one place where a change to
 //! it is stored, put in the lease schedule, replicated (as its effect, with
-//! absolute deadline and token) and announced. A lock freed here goes to the
-//! first waiter in the same event.
+//! absolute deadlines and tokens) and announced. Capacity freed here goes to
+//! the key's waiters in the same event (`serve`).
 //!
 //! Arming the expiry timer for the schedule is left to the layer above:
 //! every entry path (a command, a timer, a server event) calls
@@ -15,9 +15,8 @@ use redis_module::{Context, RedisError, RedisString};
 use crate::datatype::LOCK_TYPE;
 use crate::metrics::{self, bump, STATS};
 use crate::redis::calls::{self, WaitOutcome};
-use crate::rules::lock::{Lock, TokensExhausted};
-use crate::rules::queue::Waiter;
-use crate::state;
+use crate::rules::lock::{Holder, Lock, Want};
+use crate::state::{self, State};
 
 /// The lock stored in `key`: `Ok(None)` when the key is empty, `WRONGTYPE`
 /// when it holds another type.
@@ -26,15 +25,14 @@ pub fn lock_in(key: &RedisKeyWritable) -> Result<Option<&'static mut Lock>, Redi
         .map_err(|_| RedisError::WrongType)
 }
 
-/// What a key holds at a given moment.
-pub enum Current {
-    /// No lock.
-    Free,
-    /// A lock whose lease has not passed.
-    Held(&'static mut Lock),
-    /// A lock whose lease had passed: it was expired just now (and handed
-    /// to the first waiter, if any), as the expiry timer would have done.
-    Expired,
+/// Counts a fresh grant of `want`'s kind.
+pub fn count_grant(want: Want) {
+    bump(&STATS.grants);
+    match want {
+        Want::Exclusive => {}
+        Want::Shared => bump(&STATS.shared_grants),
+        Want::Permits { .. } => bump(&STATS.semaphore_grants),
+    }
 }
 
 /// A lock key opened for writing in the context's selected database.
@@ -66,71 +64,113 @@ impl<'a> LockKey<'a> {
         self.name.as_slice()
     }
 
-    /// The lock stored here, whatever its lease.
+    /// The value stored here, whatever its leases.
     pub fn lock(&self) -> Result<Option<&'static mut Lock>, RedisError> {
         lock_in(&self.key)
     }
 
-    /// The live lock at this key: a lock whose lease has passed is expired
-    /// first (the timer may not have run yet), so no command ever acts on a
-    /// passed lease.
-    pub fn current(&self, now_ms: u64) -> Result<Current, RedisError> {
-        Ok(match self.lock()? {
-            None => Current::Free,
-            Some(lock) if lock.is_expired(now_ms) => {
-                self.expire(lock.deadline_ms, lock.token, now_ms)?;
-                Current::Expired
-            }
-            Some(lock) => Current::Held(lock),
-        })
+    /// How many clients wait for this key.
+    pub fn waiters(&self) -> usize {
+        state::with(|s| s.queues.waiting(self.db, self.name()))
     }
 
-    fn notify(&self, event: &CStr) {
+    /// The live value at this key: holders whose lease has passed are
+    /// expired first (the timer may not have run yet) and what they held
+    /// goes to the waiters, so no command ever acts on a passed lease.
+    /// `None` when nobody holds anything.
+    pub fn current(&self, now_ms: u64) -> Result<Option<&'static mut Lock>, RedisError> {
+        let Some(lock) = self.lock()? else {
+            return Ok(None);
+        };
+        if !lock.holders.iter().any(|h| h.is_expired(now_ms)) {
+            return Ok(Some(lock));
+        }
+        let mut i = 0;
+        while i < lock.holders.len() {
+            if lock.holders.get(i).is_some_and(|h| h.is_expired(now_ms)) {
+                if let Some(h) = lock.remove(i) {
+                    bump(&STATS.expired);
+                    if self.holder_gone(lock, &h, c"lock.expire")? {
+                        break;
+                    }
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.serve(now_ms)?;
+        self.lock()
+    }
+
+    /// Announces a keyspace event on this key.
+    pub fn notify(&self, event: &CStr) {
         calls::notify(self.ctx, event, self.name);
     }
 
-    /// Stores a fresh grant: value, schedule, replication, notification.
-    pub fn store_grant(&self, lock: Lock) -> Result<(), RedisError> {
-        calls::replicate_apply(self.ctx, self.name, &lock);
-        let (deadline_ms, token) = (lock.deadline_ms, lock.token);
+    /// Stores the first holder of a free key: value, schedule, replication,
+    /// notification.
+    pub fn store_new(&self, lock: Lock) -> Result<(), RedisError> {
         self.key
             .set_value(&LOCK_TYPE, lock)
             .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
         metrics::lock_stored();
-        state::with(|s| s.track(deadline_ms, token, self.db, self.name()));
-        self.notify(c"lock.acquire");
+        if let Some(stored) = self.lock()? {
+            for i in 0..stored.holders.len() {
+                self.holder_changed(stored, i, None);
+            }
+        }
         Ok(())
     }
 
-    /// A held lock changed in place (re-entry, renewal, partial release):
-    /// move its lease in the schedule if needed and replicate its state.
-    pub fn updated(&self, lock: &Lock, old_deadline_ms: u64) {
-        if old_deadline_ms != lock.deadline_ms {
-            state::with(|s| {
-                s.retrack(
-                    old_deadline_ms,
-                    lock.deadline_ms,
-                    lock.token,
-                    self.db,
-                    self.name(),
-                );
-            });
+    /// The holder at `i` is new (`before` = `None`: tracked and announced)
+    /// or changed in place (re-entry, renewal, partial release: its lease
+    /// moves from `before` in the schedule if needed); its share is
+    /// replicated.
+    pub fn holder_changed(&self, lock: &Lock, i: usize, before: Option<u64>) {
+        let Some(h) = lock.holders.get(i) else {
+            return;
+        };
+        state::with(|s| match before {
+            None => s.track(h.deadline_ms, h.token, self.db, self.name()),
+            Some(old) if old != h.deadline_ms => {
+                s.retrack(old, h.deadline_ms, h.token, self.db, self.name());
+            }
+            Some(_) => {}
+        });
+        calls::replicate_share(self.ctx, self.name, lock, i);
+        if before.is_none() {
+            self.notify(c"lock.acquire");
         }
-        calls::replicate_apply(self.ctx, self.name, lock);
     }
 
-    /// Deletes the lock (release to zero, expiry, force-release), announces
-    /// `event`, then hands the now free lock to the first waiter.
-    pub fn remove(
-        &self,
-        lock_deadline_ms: u64,
-        lock_token: u64,
-        event: &CStr,
-        now_ms: u64,
-    ) -> Result<(), RedisError> {
+    /// `h` has just left `lock` (release to zero, expiry, force-release):
+    /// its lease leaves the schedule, the change is replicated, `event` is
+    /// announced. When nobody holds anything the key is deleted (and `true`
+    /// returned: `lock` is gone). The caller serves the waiters after.
+    pub fn holder_gone(&self, lock: &Lock, h: &Holder, event: &CStr) -> Result<bool, RedisError> {
         state::with(|s| {
             s.schedule
-                .remove(lock_deadline_ms, lock_token, self.db, self.name());
+                .remove(h.deadline_ms, h.token, self.db, self.name())
+        });
+        let emptied = lock.is_empty();
+        if emptied {
+            self.delete(lock)?;
+        } else {
+            calls::replicate_drop(self.ctx, self.name, &h.owner);
+        }
+        self.notify(event);
+        Ok(emptied)
+    }
+
+    /// Deletes the whole key, which holds `lock` (the last holder left, or
+    /// `FORCERELEASE key`): every lease leaves the schedule; replicated as
+    /// `DEL`. `lock` is gone afterwards.
+    pub fn delete(&self, lock: &Lock) -> Result<(), RedisError> {
+        state::with(|s| {
+            for h in &lock.holders {
+                s.schedule
+                    .remove(h.deadline_ms, h.token, self.db, self.name());
+            }
             s.deleting = true;
         });
         // The key is open; deleting through it keeps it open for a new value.
@@ -138,74 +178,62 @@ impl<'a> LockKey<'a> {
         state::with(|s| s.deleting = false);
         deleted?;
         calls::replicate_del(self.ctx, self.name);
-        self.notify(event);
-        self.hand_off(now_ms)
-    }
-
-    /// Expires a lock whose lease has passed.
-    pub fn expire(
-        &self,
-        lock_deadline_ms: u64,
-        lock_token: u64,
-        now_ms: u64,
-    ) -> Result<(), RedisError> {
-        bump(&STATS.expired);
-        self.remove(lock_deadline_ms, lock_token, c"lock.expire", now_ms)
-    }
-
-    /// The lock on this (now empty) key goes to the first waiter still within
-    /// its wait, in the same event that freed it.
-    pub fn hand_off(&self, now_ms: u64) -> Result<(), RedisError> {
-        let (h, token) = state::with(|s| {
-            let h = s.queues.hand_off(self.db, self.name(), now_ms);
-            let token = h.granted.as_ref().map(|_| s.tokens.next(now_ms));
-            (h, token)
-        });
-        for w in &h.timed_out {
-            bump(&STATS.wait_timeouts);
-            calls::unblock_client(w.id, WaitOutcome::Nil);
-        }
-        let (Some(first), Some(token)) = (h.granted, token) else {
-            return Ok(());
-        };
-        let served = std::iter::once(&first).chain(h.reentrant.iter());
-        let Ok(token) = token else {
-            // No token left to issue: never repeat one; the waiters learn
-            // why (the lock stays free).
-            for w in served {
-                calls::unblock_client(w.id, WaitOutcome::Error(TokensExhausted::REPLY));
-            }
-            return Ok(());
-        };
-        let mut lock = Lock::grant(&first.owner, token, now_ms, first.ttl_ms);
-        for w in &h.reentrant {
-            let _ = lock.reenter(&w.owner, now_ms, w.ttl_ms);
-            bump(&STATS.reentries);
-        }
-        self.store_grant(lock)?;
-        bump(&STATS.grants);
-        bump(&STATS.handoffs);
-        for w in served {
-            calls::unblock_client(w.id, WaitOutcome::Granted(token));
-        }
         Ok(())
     }
 
-    /// Waiters of `owner` queued on this key re-enter the lock it now holds.
-    pub fn admit_same_owner(&self, lock: &mut Lock, now_ms: u64) {
-        let same: Vec<Waiter> =
-            state::with(|s| s.queues.take_owner(self.db, self.name(), &lock.owner));
-        if same.is_empty() {
-            return;
+    /// Serves this key's waiters in FIFO order with whatever is free now
+    /// (see `WaitQueues::serve`): grants are stored, scheduled, replicated
+    /// and announced, and every answered client is unblocked.
+    pub fn serve(&self, now_ms: u64) -> Result<(), RedisError> {
+        if self.waiters() == 0 {
+            return Ok(());
         }
-        let old = lock.deadline_ms;
-        for w in &same {
-            let _ = lock.reenter(&w.owner, now_ms, w.ttl_ms);
-            bump(&STATS.reentries);
+        let stored = self.lock()?;
+        let is_new = stored.is_none();
+        let mut fresh = Lock::default();
+        let service = {
+            let lock: &mut Lock = match stored {
+                Some(lock) => lock,
+                None => &mut fresh,
+            };
+            state::with(|s| {
+                let State { queues, tokens, .. } = s;
+                queues.serve(self.db, self.name(), lock, tokens, now_ms)
+            })
+        };
+        for w in &service.timed_out {
+            bump(&STATS.wait_timeouts);
+            calls::unblock_client(w.id, WaitOutcome::Nil);
         }
-        self.updated(lock, old);
-        for w in &same {
-            calls::unblock_client(w.id, WaitOutcome::Granted(lock.token));
+        for (w, why) in &service.refused {
+            calls::unblock_client(w.id, WaitOutcome::Error(why.reply()));
         }
+        if service.granted.is_empty() {
+            return Ok(());
+        }
+        let lock = if is_new {
+            self.key
+                .set_value(&LOCK_TYPE, fresh)
+                .map_err(|_| RedisError::Str("ERR could not store the lock"))?;
+            metrics::lock_stored();
+            self.lock()?
+        } else {
+            self.lock()?
+        };
+        if let Some(lock) = lock {
+            for (i, before) in &service.touched {
+                self.holder_changed(lock, *i, *before);
+            }
+        }
+        for (w, token, fresh_grant) in service.granted {
+            if fresh_grant {
+                count_grant(w.want);
+                bump(&STATS.handoffs);
+            } else {
+                bump(&STATS.reentries);
+            }
+            calls::unblock_client(w.id, WaitOutcome::Granted(token));
+        }
+        Ok(())
     }
 }

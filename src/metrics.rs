@@ -14,6 +14,8 @@ pub struct Stats {
     /// Lock values in the keyspace (+1 when one is stored, −1 when freed).
     pub held: AtomicI64,
     pub grants: AtomicU64,
+    pub shared_grants: AtomicU64,
+    pub semaphore_grants: AtomicU64,
     pub reentries: AtomicU64,
     pub denied: AtomicU64,
     pub renewals: AtomicU64,
@@ -31,6 +33,8 @@ pub struct Stats {
 pub static STATS: Stats = Stats {
     held: AtomicI64::new(0),
     grants: AtomicU64::new(0),
+    shared_grants: AtomicU64::new(0),
+    semaphore_grants: AtomicU64::new(0),
     reentries: AtomicU64::new(0),
     denied: AtomicU64::new(0),
     renewals: AtomicU64::new(0),
@@ -69,7 +73,7 @@ pub fn lock_freed() {
 pub fn write_info(ctx: &InfoContext) {
     let (waiters, leases) = state::with(|s| (s.queues.total(), s.schedule.len()));
     let held = STATS.held.load(Ordering::Relaxed).max(0);
-    let fields: [(&str, i64); 15] = [
+    let fields: [(&str, i64); 17] = [
         ("held", held),
         ("waiters", i64::try_from(waiters).unwrap_or(i64::MAX)),
         (
@@ -88,6 +92,8 @@ pub fn write_info(ctx: &InfoContext) {
         ("handoffs", read(&STATS.handoffs)),
         ("wait_timeouts", read(&STATS.wait_timeouts)),
         ("wait_abandoned", read(&STATS.wait_abandoned)),
+        ("shared_grants", read(&STATS.shared_grants)),
+        ("semaphore_grants", read(&STATS.semaphore_grants)),
     ];
     let built = fields
         .iter()

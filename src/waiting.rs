@@ -34,6 +34,7 @@ pub fn block(
     let waiter = Waiter {
         id,
         owner: req.owner.to_vec(),
+        want: req.want,
         ttl_ms: req.ttl_ms,
         wait_deadline_ms: wait_ms.map(|ms| now_ms.saturating_add(ms)),
     };
@@ -53,7 +54,7 @@ fn reply(ctx: &Context, outcome: WaitOutcome) {
             ctx.reply(Ok(RedisValue::Null));
         }
         WaitOutcome::Error(msg) => {
-            ctx.reply_error_string(msg);
+            ctx.reply_error_string(&msg);
         }
     }
 }

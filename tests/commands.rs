@@ -327,7 +327,8 @@ fn info_is_a_map_under_resp3_and_nil_when_free() {
         .iter()
         .map(|(k, _)| redis::from_redis_value_ref(k).unwrap())
         .collect();
-    assert_eq!(names, ["owner", "holds", "ttl", "token", "waiters"]);
+    assert_eq!(names, ["owner", "holds", "ttl", "token", "waiters", "mode"]);
+    assert_eq!(fields[5].1, Value::SimpleString("exclusive".into()));
     assert_eq!(fields[3].1, Value::Int(t));
     assert_eq!(fields[1].1, Value::Int(1));
 }
@@ -585,7 +586,13 @@ fn bad_input_gets_a_coded_error_and_changes_nothing() {
         vec!["LOCK.RELEASE", "k", "a", "extra"],
         vec!["LOCK.RELEASE", "k", ""],
         vec!["LOCK.FORCERELEASE"],
-        vec!["LOCK.FORCERELEASE", "k", "extra"],
+        vec!["LOCK.FORCERELEASE", "k", "a", "extra"],
+        vec!["LOCK.FORCERELEASE", "k", ""],
+        vec!["LOCK.RELEASE", "k", "a", "COUNT", "0"],
+        vec!["LOCK.RELEASE", "k", "a", "COUNT", "2"],
+        vec!["LOCK.ACQUIRE", "k", "a", "100", "SHARED", "SHARED"],
+        vec!["LOCK.ACQUIRE", "k", "a", "100", "LIMIT", "0"],
+        vec!["LOCK.ACQUIRE", "k", "a", "100", "COUNT", "1"],
         vec!["LOCK.INFO"],
         vec!["LOCK.INFO", "k", "extra"],
         vec!["LOCK.APPLY", "k", "b", "1", "1", "1"],

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use redis_module::{raw, Context, RedisString};
 
 use crate::rules::encoding::FieldSource;
-use crate::rules::lock::Lock;
+use crate::rules::lock::{Lock, Mode};
 use crate::rules::queue::WaiterId;
 use crate::state;
 
@@ -154,14 +154,14 @@ pub fn stop_timer(ctx: &Context, id: u64) {
 // --------------------------------------------------------- blocked clients
 
 /// How a blocked client is answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitOutcome {
     /// Granted: reply with the fencing token.
     Granted(u64),
     /// Not granted: reply nil.
     Nil,
     /// Reply with this error.
-    Error(&'static str),
+    Error(std::borrow::Cow<'static, str>),
 }
 
 /// What happens to a blocked client, in the layer that blocked it.
@@ -250,7 +250,7 @@ extern "C" fn on_wait_reply(
     // SAFETY: the private data, when set, is the `WaitOutcome` boxed by
     // `unblock_client`; Redis frees it after this callback.
     let outcome = unsafe { data.as_ref() }
-        .copied()
+        .cloned()
         .unwrap_or(WaitOutcome::Nil);
     if let Some(h) = wait_handlers() {
         (h.reply)(&Context::new(ctx), outcome);
@@ -324,8 +324,9 @@ impl RdbWriter {
     }
 }
 
-/// Writes `LOCK.APPLY key owner holds token deadline-ms` into an AOF being
-/// rewritten.
+/// Writes the `LOCK.APPLY` commands that rebuild `lock` into an AOF being
+/// rewritten: the first release's 5-argument form for a single exclusive
+/// holder, one share form per holder otherwise.
 pub(super) fn emit_apply(
     aof: *mut raw::RedisModuleIO,
     key: *mut raw::RedisModuleString,
@@ -335,25 +336,75 @@ pub(super) fn emit_apply(
     let Some(emit) = (unsafe { raw::RedisModule_EmitAOF }) else {
         return;
     };
-    // "sbccc": the key as a RedisModuleString, the owner as a binary-safe
-    // buffer, the numbers as C strings (text is unambiguous; the variadic
-    // "l" would depend on C's promotion rules).
+    // The numbers go as C strings (text is unambiguous; the variadic "l"
+    // would depend on C's promotion rules); the owner as a binary-safe
+    // buffer; the key as the RedisModuleString Redis handed over.
     let text = |v: u64| std::ffi::CString::new(v.to_string()).unwrap_or_default();
-    let (holds, token, deadline) = (text(lock.holds), text(lock.token), text(lock.deadline_ms));
-    // SAFETY: `aof`, `key`: the running `aof_rewrite` callback's arguments;
-    // each pointer matches its format letter and outlives the call.
-    unsafe {
-        emit(
-            aof,
-            c"LOCK.APPLY".as_ptr(),
-            c"sbccc".as_ptr(),
-            key,
-            lock.owner.as_ptr(),
-            lock.owner.len(),
-            holds.as_ptr(),
-            token.as_ptr(),
-            deadline.as_ptr(),
-        );
+    for (i, h) in lock.holders.iter().enumerate() {
+        let (token, deadline) = (text(h.token), text(h.deadline_ms));
+        match share_form(lock, i) {
+            Share::Exclusive => {
+                let holds = text(h.exclusive);
+                // SAFETY: `aof`, `key`: the running `aof_rewrite` callback's
+                // arguments; each pointer matches its letter of "sbccc" and
+                // outlives the call.
+                unsafe {
+                    emit(
+                        aof,
+                        c"LOCK.APPLY".as_ptr(),
+                        c"sbccc".as_ptr(),
+                        key,
+                        h.owner.as_ptr(),
+                        h.owner.len(),
+                        holds.as_ptr(),
+                        token.as_ptr(),
+                        deadline.as_ptr(),
+                    );
+                }
+            }
+            Share::Shared | Share::Permits => {
+                let (n, kind, m) = if lock.limit > 0 {
+                    (text(h.shared), c"LIMIT", text(u64::from(lock.limit)))
+                } else {
+                    (text(h.exclusive), c"SHARED", text(h.shared))
+                };
+                // SAFETY: as above, with "sbccccc".
+                unsafe {
+                    emit(
+                        aof,
+                        c"LOCK.APPLY".as_ptr(),
+                        c"sbccccc".as_ptr(),
+                        key,
+                        h.owner.as_ptr(),
+                        h.owner.len(),
+                        n.as_ptr(),
+                        token.as_ptr(),
+                        deadline.as_ptr(),
+                        kind.as_ptr(),
+                        m.as_ptr(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Which `LOCK.APPLY` form carries a holder's share.
+enum Share {
+    /// The key holds exactly this one exclusive holder: the first release's
+    /// 5-argument form (what an exclusive lock has always replicated).
+    Exclusive,
+    /// `... SHARED shared`.
+    Shared,
+    /// `... LIMIT limit`.
+    Permits,
+}
+
+fn share_form(lock: &Lock, i: usize) -> Share {
+    match (lock.mode(), lock.holders.get(i)) {
+        (Mode::Semaphore, _) => Share::Permits,
+        (Mode::Exclusive, Some(h)) if h.shared == 0 && lock.holders.len() == 1 => Share::Exclusive,
+        _ => Share::Shared,
     }
 }
 
@@ -369,40 +420,96 @@ pub(super) fn digest_lock(md: *mut raw::RedisModuleDigest, lock: &Lock) {
     }) else {
         return;
     };
-    // SAFETY: `md` is the running digest callback's digest; the owner buffer
-    // outlives the calls (Redis only reads it).
+    // SAFETY: `md` is the running digest callback's digest; the owner
+    // buffers outlive the calls (Redis only reads them).
     unsafe {
-        add_buf(md, lock.owner.as_ptr().cast_mut().cast(), lock.owner.len());
-        add_ll(md, as_i64(lock.holds));
-        add_ll(md, as_i64(lock.token));
-        add_ll(md, as_i64(lock.deadline_ms));
+        add_ll(md, i64::from(lock.limit));
+        for h in &lock.holders {
+            add_buf(md, h.owner.as_ptr().cast_mut().cast(), h.owner.len());
+            add_ll(md, as_i64(h.exclusive));
+            add_ll(md, as_i64(h.shared));
+            add_ll(md, as_i64(h.token));
+            add_ll(md, as_i64(h.deadline_ms));
+        }
         end(md);
     }
 }
 
 // ------------------------------------------------- replication, notification
 
-/// Replicates `LOCK.APPLY key owner holds token deadline-ms` (the whole state
-/// of a lock with its absolute deadline) without building strings first.
-pub fn replicate_apply(ctx: &Context, key: &RedisString, lock: &Lock) {
+/// Replicates the share of the holder at `i` as its effect, with absolute
+/// deadline and token, without building strings first:
+/// `LOCK.APPLY key owner holds token deadline-ms` for a key that holds just
+/// this exclusive holder, else `... n token deadline-ms SHARED shared` or
+/// `... permits token deadline-ms LIMIT limit`.
+pub fn replicate_share(ctx: &Context, key: &RedisString, lock: &Lock, i: usize) {
     // SAFETY: reading a function pointer Redis filled in at module load.
     let Some(replicate) = (unsafe { raw::RedisModule_Replicate }) else {
         return;
     };
-    // SAFETY: `ctx.ctx` is the running callback's context and `key.inner`
-    // a live string; every argument matches its format letter ("sblll").
-    unsafe {
-        replicate(
-            ctx.ctx,
-            c"LOCK.APPLY".as_ptr(),
-            c"sblll".as_ptr(),
-            key.inner,
-            lock.owner.as_ptr(),
-            lock.owner.len(),
-            as_i64(lock.holds),
-            as_i64(lock.token),
-            as_i64(lock.deadline_ms),
-        );
+    let Some(h) = lock.holders.get(i) else {
+        return;
+    };
+    match share_form(lock, i) {
+        // SAFETY: `ctx.ctx` is the running callback's context and
+        // `key.inner` a live string; every argument matches its letter of
+        // "sblll".
+        Share::Exclusive => unsafe {
+            replicate(
+                ctx.ctx,
+                c"LOCK.APPLY".as_ptr(),
+                c"sblll".as_ptr(),
+                key.inner,
+                h.owner.as_ptr(),
+                h.owner.len(),
+                as_i64(h.exclusive),
+                as_i64(h.token),
+                as_i64(h.deadline_ms),
+            );
+        },
+        form => {
+            let (n, kind, m) = match form {
+                Share::Permits => (h.shared, c"LIMIT", u64::from(lock.limit)),
+                _ => (h.exclusive, c"SHARED", h.shared),
+            };
+            // SAFETY: as above, with "sblllcl".
+            unsafe {
+                replicate(
+                    ctx.ctx,
+                    c"LOCK.APPLY".as_ptr(),
+                    c"sblllcl".as_ptr(),
+                    key.inner,
+                    h.owner.as_ptr(),
+                    h.owner.len(),
+                    as_i64(n),
+                    as_i64(h.token),
+                    as_i64(h.deadline_ms),
+                    kind.as_ptr(),
+                    as_i64(m),
+                );
+            }
+        }
+    }
+}
+
+/// Replicates `LOCK.APPLY key owner DROP`: this owner's share left the key
+/// (others still hold it).
+pub fn replicate_drop(ctx: &Context, key: &RedisString, owner: &[u8]) {
+    // SAFETY: reading a function pointer Redis filled in at module load.
+    if let Some(replicate) = unsafe { raw::RedisModule_Replicate } {
+        // SAFETY: live context and key; the owner buffer and the C string
+        // match "sbc" and outlive the call.
+        unsafe {
+            replicate(
+                ctx.ctx,
+                c"LOCK.APPLY".as_ptr(),
+                c"sbc".as_ptr(),
+                key.inner,
+                owner.as_ptr(),
+                owner.len(),
+                c"DROP".as_ptr(),
+            );
+        }
     }
 }
 
@@ -438,11 +545,12 @@ pub fn notify(ctx: &Context, event: &CStr, key: &RedisString) {
 pub struct ScannedLock {
     /// Its key.
     pub key: Vec<u8>,
-    /// Its lease deadline.
-    pub deadline_ms: u64,
-    /// Its token.
-    pub token: u64,
-    /// The address of its value (identifies a value that moved keys).
+    /// Every holder's lease: (deadline, token).
+    pub leases: Vec<(u64, u64)>,
+    /// The token of its oldest holder (with `value`, identifies a value
+    /// that moved keys).
+    pub first_token: u64,
+    /// The address of its value.
     pub value: usize,
 }
 
@@ -484,8 +592,12 @@ extern "C" fn on_scanned_key(
     scan.found.push(ScannedLock {
         // SAFETY: `name` is this callback's key name, read before it ends.
         key: unsafe { super::string_bytes(name) }.to_vec(),
-        deadline_ms: lock.deadline_ms,
-        token: lock.token,
+        leases: lock
+            .holders
+            .iter()
+            .map(|h| (h.deadline_ms, h.token))
+            .collect(),
+        first_token: lock.holders.first().map_or(0, |h| h.token),
         value: ptr::from_ref(lock) as usize,
     });
 }
@@ -519,13 +631,16 @@ pub fn scan_locks(ctx: &Context, lock_type: *mut raw::RedisModuleType) -> Vec<Sc
 
 // ------------------------------------------------------------------ replies
 
-/// Replies to `LOCK.INFO` with the fields in their documented order: a map
-/// under RESP3, a flat field/value array under RESP2 (Redis converts).
-pub fn reply_lock_info(ctx: &Context, lock: &Lock, ttl_ms: u64, waiters: usize) {
+/// Replies to `LOCK.INFO` with the fields in their documented order (see
+/// docs/INTERFACE.md): a map under RESP3, a flat field/value array under
+/// RESP2 (Redis converts). Holders whose lease has passed at `now_ms` are
+/// left out; the caller checked that one is live.
+pub fn reply_lock_info(ctx: &Context, lock: &Lock, now_ms: u64, waiters: usize) {
     // SAFETY: reading function pointers Redis filled in at module load.
-    let (Some(map), Some(simple), Some(buf), Some(int)) = (unsafe {
+    let (Some(map), Some(array), Some(simple), Some(buf), Some(int)) = (unsafe {
         (
             raw::RedisModule_ReplyWithMap,
+            raw::RedisModule_ReplyWithArray,
             raw::RedisModule_ReplyWithSimpleString,
             raw::RedisModule_ReplyWithStringBuffer,
             raw::RedisModule_ReplyWithLongLong,
@@ -533,19 +648,76 @@ pub fn reply_lock_info(ctx: &Context, lock: &Lock, ttl_ms: u64, waiters: usize) 
     }) else {
         return;
     };
-    // SAFETY: `ctx.ctx` is the running command's context; a map of 5 pairs
-    // is followed by exactly 10 elements; strings are copied by Redis.
-    unsafe {
-        map(ctx.ctx, 5);
-        simple(ctx.ctx, c"owner".as_ptr());
-        buf(ctx.ctx, lock.owner.as_ptr().cast(), lock.owner.len());
-        simple(ctx.ctx, c"holds".as_ptr());
-        int(ctx.ctx, as_i64(lock.holds));
-        simple(ctx.ctx, c"ttl".as_ptr());
-        int(ctx.ctx, as_i64(ttl_ms));
-        simple(ctx.ctx, c"token".as_ptr());
-        int(ctx.ctx, as_i64(lock.token));
-        simple(ctx.ctx, c"waiters".as_ptr());
-        int(ctx.ctx, as_i64(waiters as u64));
+    let c = ctx.ctx;
+    let live: Vec<_> = lock
+        .holders
+        .iter()
+        .filter(|h| !h.is_expired(now_ms))
+        .collect();
+    let mode = lock.mode();
+    // SAFETY (every block below): `c` is the running command's context; each
+    // map or array announces exactly the number of elements that follow it;
+    // strings are copied by Redis.
+    let field = |name: &CStr, v: u64| {
+        // SAFETY: see above; one field name and its integer value.
+        unsafe {
+            simple(c, name.as_ptr());
+            int(c, as_i64(v));
+        }
+    };
+    match (mode, live.first()) {
+        (Mode::Exclusive, Some(h)) => {
+            // SAFETY: see above; a map of 6 pairs.
+            unsafe {
+                map(c, 6);
+                simple(c, c"owner".as_ptr());
+                buf(c, h.owner.as_ptr().cast(), h.owner.len());
+            }
+            field(c"holds", h.total());
+            field(c"ttl", h.remaining_ms(now_ms));
+            field(c"token", h.token);
+            field(c"waiters", waiters as u64);
+            // SAFETY: see above.
+            unsafe {
+                simple(c, c"mode".as_ptr());
+                simple(c, c"exclusive".as_ptr());
+            }
+        }
+        _ => {
+            let semaphore = mode == Mode::Semaphore;
+            let (pairs, mode_name, count_name) = if semaphore {
+                (5, c"semaphore", c"permits")
+            } else {
+                (3, c"shared", c"holds")
+            };
+            // SAFETY: see above.
+            unsafe {
+                map(c, pairs);
+                simple(c, c"mode".as_ptr());
+                simple(c, mode_name.as_ptr());
+            }
+            if semaphore {
+                let used = live.iter().map(|h| h.shared).fold(0, u64::saturating_add);
+                field(c"limit", u64::from(lock.limit));
+                field(c"available", u64::from(lock.limit).saturating_sub(used));
+            }
+            field(c"waiters", waiters as u64);
+            // SAFETY: see above; one map of 4 pairs per live holder.
+            unsafe {
+                simple(c, c"holders".as_ptr());
+                array(c, live.len() as std::os::raw::c_long);
+            }
+            for h in &live {
+                // SAFETY: see above.
+                unsafe {
+                    map(c, 4);
+                    simple(c, c"owner".as_ptr());
+                    buf(c, h.owner.as_ptr().cast(), h.owner.len());
+                }
+                field(count_name, h.total());
+                field(c"ttl", h.remaining_ms(now_ms));
+                field(c"token", h.token);
+            }
+        }
     }
 }

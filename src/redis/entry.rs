@@ -84,7 +84,7 @@ extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_vo
             if !name.is_null() {
                 // SAFETY: the key name lives at least as long as this call.
                 let key = unsafe { string_bytes(name) };
-                events::on_lock_restored(db, key, lock.deadline_ms, lock.token);
+                events::on_lock_restored(db, key, &lock);
             }
         }
     }
@@ -94,7 +94,7 @@ extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_vo
 extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
     // SAFETY: Redis hands this callback a value of the lock type.
     if let Some(lock) = unsafe { lock_at(value) } {
-        datatype::save(&RdbWriter(rdb), lock);
+        datatype::save(&mut RdbWriter(rdb), lock);
     }
 }
 
@@ -174,7 +174,8 @@ extern "C" fn unlink(ctx: *mut raw::RedisModuleKeyOptCtx, value: *const c_void) 
     }
     // SAFETY: the key name lives at least as long as this call.
     let key = unsafe { string_bytes(name) };
-    events::on_lock_unlinked(db, key, value as usize, lock.token);
+    let first_token = lock.holders.first().map_or(0, |h| h.token);
+    events::on_lock_unlinked(db, key, value as usize, first_token);
 }
 
 // ------------------------------------------------------------ server events

@@ -2,7 +2,7 @@
 //! bytes into typed requests, or into an error reply that starts with `ERR`.
 //! Plain Rust; nothing here touches the server.
 
-use super::lock::{MAX_OWNER_LEN, MAX_TTL_MS};
+use super::lock::{Want, MAX_HOLDS, MAX_OWNER_LEN, MAX_PERMITS, MAX_TTL_MS};
 
 /// A rejected command: the full error reply text (it starts with a code).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,11 +24,12 @@ pub enum Wait {
     Ms(u64),
 }
 
-/// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms]`
+/// `LOCK.ACQUIRE key owner ttl-ms [SHARED | LIMIT permits [COUNT n]] [WAIT timeout-ms]`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Acquire<'a> {
     pub owner: &'a [u8],
     pub ttl_ms: u64,
+    pub want: Want,
     pub wait: Wait,
 }
 
@@ -39,29 +40,58 @@ pub struct Renew<'a> {
     pub ttl_ms: u64,
 }
 
-/// `LOCK.RELEASE key owner`
+/// `LOCK.RELEASE key owner [COUNT n]`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Release<'a> {
     pub owner: &'a [u8],
+    pub count: u64,
 }
 
-/// `LOCK.APPLY key owner holds token deadline-ms` — the replicated effect
-/// of every change: the lock's whole state with an absolute deadline.
+/// `LOCK.FORCERELEASE key [owner]`
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Apply<'a> {
-    pub owner: &'a [u8],
-    pub holds: u64,
-    pub token: u64,
-    pub deadline_ms: u64,
+pub struct ForceRelease<'a> {
+    /// Only this owner's share; `None`: the whole key.
+    pub owner: Option<&'a [u8]>,
+}
+
+/// `LOCK.APPLY ...` — the replicated effect of every change, with absolute
+/// deadlines (see docs/INTERFACE.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Apply<'a> {
+    /// `key owner holds token deadline-ms`: the key holds exactly this
+    /// exclusive holder.
+    Exclusive {
+        owner: &'a [u8],
+        holds: u64,
+        token: u64,
+        deadline_ms: u64,
+    },
+    /// `key owner n token deadline-ms SHARED shared | LIMIT limit`: this
+    /// owner's share of a read/write lock (`n` exclusive holds, `shared`
+    /// shared holds) or of a semaphore (`n` permits, `limit` 1..).
+    Share {
+        owner: &'a [u8],
+        limit: u32,
+        exclusive: u64,
+        shared: u64,
+        token: u64,
+        deadline_ms: u64,
+    },
+    /// `key owner DROP`: this owner's share leaves the key.
+    Drop { owner: &'a [u8] },
 }
 
 pub const ERR_TTL: &str = "ERR ttl-ms must be an integer from 1 to 2592000000 (30 days)";
 pub const ERR_WAIT: &str =
     "ERR WAIT timeout-ms must be an integer from 0 (no limit) to 2592000000 (30 days)";
 pub const ERR_OWNER: &str = "ERR owner must be 1 to 1024 bytes long";
-pub const ERR_OPTION: &str = "ERR syntax error: the only option is WAIT timeout-ms";
+pub const ERR_OPTION: &str = "ERR syntax error: options are SHARED, LIMIT permits [COUNT n] and WAIT timeout-ms, each once, SHARED and LIMIT not together";
+pub const ERR_LIMIT: &str = "ERR LIMIT permits must be an integer from 1 to 1000000";
+pub const ERR_COUNT: &str = "ERR COUNT n must be an integer from 1 to the LIMIT";
+pub const ERR_RELEASE_OPTION: &str = "ERR syntax error: the only option is COUNT n";
+pub const ERR_RELEASE_COUNT: &str = "ERR COUNT n must be an integer from 1 to 2^63-1";
 pub const ERR_APPLY: &str =
-    "ERR LOCK.APPLY needs holds >= 1, token >= 1 and deadline-ms >= 1 as integers";
+    "ERR LOCK.APPLY needs integers: holds 0..2^63-1 (>= 1 in all), token >= 1, deadline-ms >= 1, SHARED n or LIMIT 1..1000000";
 
 /// A non-negative decimal integer, strictly digits (no sign, no spaces).
 fn parse_u64(raw: &[u8]) -> Option<u64> {
@@ -86,28 +116,76 @@ fn parse_owner(raw: &[u8]) -> Result<&[u8], ArgError> {
 }
 
 /// Parses the arguments after the command name (the key comes first; the
-/// command layer reads it from the argument list itself).
+/// command layer reads it from the argument list itself). Options come in
+/// any order, each at most once.
 pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, ArgError> {
-    let (owner, ttl, rest) = match args {
+    let (owner, ttl, mut rest) = match args {
         [_key, owner, ttl, rest @ ..] => (*owner, *ttl, rest),
         _ => return Err(ArgError::Arity),
     };
     let owner = parse_owner(owner)?;
     let ttl_ms = parse_ttl(ttl)?;
-    let wait = match rest {
-        [] => Wait::No,
-        [opt, timeout] if opt.eq_ignore_ascii_case(b"WAIT") => match parse_u64(timeout) {
-            Some(0) => Wait::Forever,
-            Some(t) if t <= MAX_TTL_MS => Wait::Ms(t),
-            _ => return Err(ArgError::Invalid(ERR_WAIT)),
-        },
-        [opt] if opt.eq_ignore_ascii_case(b"WAIT") => return Err(ArgError::Invalid(ERR_WAIT)),
-        _ => return Err(ArgError::Invalid(ERR_OPTION)),
+    let syntax = Err(ArgError::Invalid(ERR_OPTION));
+    let (mut shared, mut limit, mut count, mut wait) = (false, None, None, None);
+    while let [opt, tail @ ..] = rest {
+        let value = tail.first().copied();
+        rest = tail;
+        if opt.eq_ignore_ascii_case(b"SHARED") {
+            if shared || limit.is_some() {
+                return syntax;
+            }
+            shared = true;
+            continue;
+        }
+        let Some(value) = value else {
+            return Err(ArgError::Invalid(if opt.eq_ignore_ascii_case(b"WAIT") {
+                ERR_WAIT
+            } else if opt.eq_ignore_ascii_case(b"LIMIT") {
+                ERR_LIMIT
+            } else if opt.eq_ignore_ascii_case(b"COUNT") {
+                ERR_COUNT
+            } else {
+                ERR_OPTION
+            }));
+        };
+        rest = tail.get(1..).unwrap_or_default();
+        if opt.eq_ignore_ascii_case(b"WAIT") && wait.is_none() {
+            wait = Some(match parse_u64(value) {
+                Some(0) => Wait::Forever,
+                Some(t) if t <= MAX_TTL_MS => Wait::Ms(t),
+                _ => return Err(ArgError::Invalid(ERR_WAIT)),
+            });
+        } else if opt.eq_ignore_ascii_case(b"LIMIT") && limit.is_none() && !shared {
+            limit = Some(match parse_u64(value) {
+                Some(p) if (1..=u64::from(MAX_PERMITS)).contains(&p) => p as u32,
+                _ => return Err(ArgError::Invalid(ERR_LIMIT)),
+            });
+        } else if opt.eq_ignore_ascii_case(b"COUNT") && count.is_none() {
+            count = Some(match parse_u64(value) {
+                Some(n) if (1..=u64::from(MAX_PERMITS)).contains(&n) => n as u32,
+                _ => return Err(ArgError::Invalid(ERR_COUNT)),
+            });
+        } else {
+            return syntax;
+        }
+    }
+    let want = match (shared, limit, count) {
+        (true, None, None) => Want::Shared,
+        (false, None, None) => Want::Exclusive,
+        (false, Some(limit), count) => {
+            let count = count.unwrap_or(1);
+            if count > limit {
+                return Err(ArgError::Invalid(ERR_COUNT));
+            }
+            Want::Permits { limit, count }
+        }
+        _ => return syntax,
     };
     Ok(Acquire {
         owner,
         ttl_ms,
-        wait,
+        want,
+        wait: wait.unwrap_or(Wait::No),
     })
 }
 
@@ -124,16 +202,25 @@ pub fn renew<'a>(args: &[&'a [u8]]) -> Result<Renew<'a>, ArgError> {
 
 /// Parses the arguments after the command name.
 pub fn release<'a>(args: &[&'a [u8]]) -> Result<Release<'a>, ArgError> {
-    match args {
-        [_key, owner] => Ok(Release {
-            owner: parse_owner(owner)?,
-        }),
-        _ => Err(ArgError::Arity),
-    }
+    let (owner, count) = match args {
+        [_key, owner] => (*owner, 1),
+        [_key, owner, opt, n] if opt.eq_ignore_ascii_case(b"COUNT") => match parse_u64(n) {
+            Some(n) if (1..=MAX_HOLDS).contains(&n) => (*owner, n),
+            _ => return Err(ArgError::Invalid(ERR_RELEASE_COUNT)),
+        },
+        [_key, _owner, opt] if opt.eq_ignore_ascii_case(b"COUNT") => {
+            return Err(ArgError::Invalid(ERR_RELEASE_COUNT))
+        }
+        [_key, _owner, ..] => return Err(ArgError::Invalid(ERR_RELEASE_OPTION)),
+        _ => return Err(ArgError::Arity),
+    };
+    Ok(Release {
+        owner: parse_owner(owner)?,
+        count,
+    })
 }
 
-/// Parses the arguments after the command name (`FORCERELEASE`, `INFO`):
-/// the key alone.
+/// Parses the arguments after the command name (`INFO`): the key alone.
 pub fn key_only(args: &[&[u8]]) -> Result<(), ArgError> {
     match args {
         [_key] => Ok(()),
@@ -142,21 +229,61 @@ pub fn key_only(args: &[&[u8]]) -> Result<(), ArgError> {
 }
 
 /// Parses the arguments after the command name.
+pub fn force_release<'a>(args: &[&'a [u8]]) -> Result<ForceRelease<'a>, ArgError> {
+    match args {
+        [_key] => Ok(ForceRelease { owner: None }),
+        [_key, owner] => Ok(ForceRelease {
+            owner: Some(parse_owner(owner)?),
+        }),
+        _ => Err(ArgError::Arity),
+    }
+}
+
+/// Parses the arguments after the command name.
 pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
-    let [_key, owner, holds, token, deadline] = args else {
-        return Err(ArgError::Arity);
-    };
-    let owner = parse_owner(owner)?;
+    let bad = || ArgError::Invalid(ERR_APPLY);
     let num = |raw: &[u8]| match parse_u64(raw) {
-        Some(n) if n >= 1 && n <= i64::MAX as u64 => Ok(n),
-        _ => Err(ArgError::Invalid(ERR_APPLY)),
+        Some(n) if n <= MAX_HOLDS => Ok(n),
+        _ => Err(bad()),
     };
-    Ok(Apply {
-        owner,
-        holds: num(holds)?,
-        token: num(token)?,
-        deadline_ms: num(deadline)?,
-    })
+    let positive = |raw: &[u8]| num(raw).and_then(|n| if n >= 1 { Ok(n) } else { Err(bad()) });
+    match args {
+        [_key, owner, drop] if drop.eq_ignore_ascii_case(b"DROP") => Ok(Apply::Drop {
+            owner: parse_owner(owner)?,
+        }),
+        [_key, owner, holds, token, deadline] => Ok(Apply::Exclusive {
+            owner: parse_owner(owner)?,
+            holds: positive(holds)?,
+            token: positive(token)?,
+            deadline_ms: positive(deadline)?,
+        }),
+        [_key, owner, n, token, deadline, kind, m] => {
+            let owner = parse_owner(owner)?;
+            let (n, m) = (num(n)?, num(m)?);
+            let (limit, exclusive, shared) = if kind.eq_ignore_ascii_case(b"SHARED") {
+                (0, n, m)
+            } else if kind.eq_ignore_ascii_case(b"LIMIT") {
+                match u32::try_from(m) {
+                    Ok(l) if (1..=MAX_PERMITS).contains(&l) => (l, 0, n),
+                    _ => return Err(bad()),
+                }
+            } else {
+                return Err(bad());
+            };
+            if exclusive == 0 && shared == 0 {
+                return Err(bad());
+            }
+            Ok(Apply::Share {
+                owner,
+                limit,
+                exclusive,
+                shared,
+                token: positive(token)?,
+                deadline_ms: positive(deadline)?,
+            })
+        }
+        _ => Err(ArgError::Arity),
+    }
 }
 
 #[cfg(test)]
@@ -254,5 +381,165 @@ mod tests {
             apply(&v(&["k", "o", "1", "2"])).err(),
             Some(ArgError::Arity)
         );
+    }
+
+    #[test]
+    fn acquire_options_come_in_any_order_once_each() {
+        let want = |a: &[&'static str]| acquire(&v(a)).map(|a| (a.want, a.wait));
+        assert_eq!(
+            want(&["k", "o", "5", "shared"]),
+            Ok((Want::Shared, Wait::No))
+        );
+        assert_eq!(
+            want(&["k", "o", "5", "WAIT", "7", "SHARED"]),
+            Ok((Want::Shared, Wait::Ms(7)))
+        );
+        assert_eq!(
+            want(&["k", "o", "5", "count", "3", "wait", "0", "limit", "4"]),
+            Ok((Want::Permits { limit: 4, count: 3 }, Wait::Forever))
+        );
+        assert_eq!(
+            want(&["k", "o", "5", "LIMIT", "1000000"]),
+            Ok((
+                Want::Permits {
+                    limit: 1_000_000,
+                    count: 1
+                },
+                Wait::No
+            ))
+        );
+        let syntax = Err(ArgError::Invalid(ERR_OPTION));
+        type Case = (&'static [&'static str], Result<(Want, Wait), ArgError>);
+        let cases: &[Case] = &[
+            (&["k", "o", "5", "SHARED", "SHARED"], syntax.clone()),
+            (&["k", "o", "5", "SHARED", "LIMIT", "2"], syntax.clone()),
+            (&["k", "o", "5", "LIMIT", "2", "SHARED"], syntax.clone()),
+            (&["k", "o", "5", "COUNT", "2"], syntax.clone()),
+            (&["k", "o", "5", "SHARED", "COUNT", "1"], syntax.clone()),
+            (&["k", "o", "5", "LIMIT", "2", "LIMIT", "2"], syntax.clone()),
+            (
+                &["k", "o", "5", "LIMIT", "4", "COUNT", "1", "COUNT", "1"],
+                syntax.clone(),
+            ),
+            (&["k", "o", "5", "LIMIT"], Err(ArgError::Invalid(ERR_LIMIT))),
+            (
+                &["k", "o", "5", "LIMIT", "0"],
+                Err(ArgError::Invalid(ERR_LIMIT)),
+            ),
+            (
+                &["k", "o", "5", "LIMIT", "1000001"],
+                Err(ArgError::Invalid(ERR_LIMIT)),
+            ),
+            (
+                &["k", "o", "5", "LIMIT", "-1"],
+                Err(ArgError::Invalid(ERR_LIMIT)),
+            ),
+            (
+                &["k", "o", "5", "LIMIT", "2", "COUNT"],
+                Err(ArgError::Invalid(ERR_COUNT)),
+            ),
+            (
+                &["k", "o", "5", "LIMIT", "2", "COUNT", "3"],
+                Err(ArgError::Invalid(ERR_COUNT)),
+            ),
+            (
+                &["k", "o", "5", "LIMIT", "2", "COUNT", "0"],
+                Err(ArgError::Invalid(ERR_COUNT)),
+            ),
+            (
+                &["k", "o", "5", "COUNT", "x", "LIMIT", "2"],
+                Err(ArgError::Invalid(ERR_COUNT)),
+            ),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(&want(args), expected, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn release_and_force_release_take_their_options() {
+        let r = |a: &[&'static str]| release(&v(a)).map(|r| r.count);
+        assert_eq!(r(&["k", "o"]), Ok(1));
+        assert_eq!(r(&["k", "o", "count", "9"]), Ok(9));
+        assert_eq!(
+            r(&["k", "o", "COUNT", "9223372036854775807"]),
+            Ok(MAX_HOLDS)
+        );
+        assert_eq!(
+            r(&["k", "o", "COUNT", "9223372036854775808"]),
+            Err(ArgError::Invalid(ERR_RELEASE_COUNT))
+        );
+        assert_eq!(
+            r(&["k", "o", "COUNT", "0"]),
+            Err(ArgError::Invalid(ERR_RELEASE_COUNT))
+        );
+        assert_eq!(
+            r(&["k", "o", "COUNT"]),
+            Err(ArgError::Invalid(ERR_RELEASE_COUNT))
+        );
+        assert_eq!(
+            r(&["k", "o", "x"]),
+            Err(ArgError::Invalid(ERR_RELEASE_OPTION))
+        );
+        assert_eq!(
+            r(&["k", "o", "COUNT", "1", "x"]),
+            Err(ArgError::Invalid(ERR_RELEASE_OPTION))
+        );
+        assert_eq!(force_release(&v(&["k"])).map(|f| f.owner), Ok(None));
+        assert_eq!(
+            force_release(&v(&["k", "o"])).map(|f| f.owner),
+            Ok(Some(&b"o"[..]))
+        );
+        assert_eq!(
+            force_release(&v(&["k", ""])).err(),
+            Some(ArgError::Invalid(ERR_OWNER))
+        );
+        assert_eq!(
+            force_release(&v(&["k", "o", "x"])).err(),
+            Some(ArgError::Arity)
+        );
+    }
+
+    #[test]
+    fn apply_takes_every_effect_form() {
+        assert_eq!(
+            apply(&v(&["k", "o", "DROP"])),
+            Ok(Apply::Drop { owner: b"o" })
+        );
+        assert_eq!(
+            apply(&v(&["k", "o", "0", "2", "3", "SHARED", "4"])),
+            Ok(Apply::Share {
+                owner: b"o",
+                limit: 0,
+                exclusive: 0,
+                shared: 4,
+                token: 2,
+                deadline_ms: 3
+            })
+        );
+        assert_eq!(
+            apply(&v(&["k", "o", "5", "2", "3", "LIMIT", "9"])),
+            Ok(Apply::Share {
+                owner: b"o",
+                limit: 9,
+                exclusive: 0,
+                shared: 5,
+                token: 2,
+                deadline_ms: 3
+            })
+        );
+        for bad in [
+            &["k", "o", "0", "2", "3", "SHARED", "0"][..],
+            &["k", "o", "1", "2", "3", "LIMIT", "0"],
+            &["k", "o", "1", "2", "3", "LIMIT", "1000001"],
+            &["k", "o", "1", "0", "3", "SHARED", "1"],
+            &["k", "o", "1", "2", "3", "OTHER", "1"],
+        ] {
+            assert_eq!(
+                apply(&v(bad)).err(),
+                Some(ArgError::Invalid(ERR_APPLY)),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -3,14 +3,23 @@
 //! come from any [`FieldSource`] (Redis's RDB reader in the module, a byte
 //! slice in the fuzz target and the unit tests).
 //!
-//! Encoding version 1: owner (string), holds, token, deadline (Unix ms) as
-//! unsigned integers. A newer version than this build knows is refused, so
-//! an older build never misreads a newer file.
+//! - Version 2 (written now): the limit (0: a read/write lock, else a
+//!   semaphore of that many permits), the number of holders, then for each
+//!   holder, oldest grant first: owner (string), exclusive holds, shared
+//!   holds or permits, token, deadline (Unix ms), all unsigned integers.
+//! - Version 1 (the first release, still read): one exclusive holder —
+//!   owner, holds, token, deadline.
+//!
+//! A newer version than this build knows is refused, so an older build
+//! never misreads a newer file.
 
-use super::lock::{FencingToken, InvalidLock, LoadedFrom, Lock, MAX_TOKEN};
+use super::lock::{FencingToken, Holder, InvalidLock, LoadedFrom, Lock, MAX_HOLDERS, MAX_TOKEN};
 
 /// Current encoding version of a lock value.
-pub const ENCODING_VERSION: i32 = 1;
+pub const ENCODING_VERSION: i32 = 2;
+
+/// The first release's encoding: one exclusive holder.
+pub const ENCODING_V1: i32 = 1;
 
 /// Where the fields of a value are read from. `None` is a short read.
 pub trait FieldSource {
@@ -44,28 +53,66 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-/// Reads one lock value and checks it (see [`Lock::from_loaded`]).
+/// Reads one lock value of encoding `encver` and checks it (see
+/// [`Holder::from_loaded`] and [`Lock::check`]).
 pub fn decode(
     src: &mut impl FieldSource,
     encver: i32,
     from: LoadedFrom,
     now_ms: u64,
 ) -> Result<Lock, DecodeError> {
-    if encver != ENCODING_VERSION {
-        return Err(DecodeError::UnknownVersion(encver));
+    match encver {
+        ENCODING_V1 => {
+            let owner = src.bytes().ok_or(DecodeError::ShortRead)?;
+            let holds = src.u64().ok_or(DecodeError::ShortRead)?;
+            let token = src.u64().ok_or(DecodeError::ShortRead)?;
+            let deadline_ms = src.u64().ok_or(DecodeError::ShortRead)?;
+            Lock::from_loaded(from, &owner, holds, token, deadline_ms, now_ms)
+                .map_err(DecodeError::Invalid)
+        }
+        ENCODING_VERSION => {
+            let limit = src.u64().ok_or(DecodeError::ShortRead)?;
+            let limit =
+                u32::try_from(limit).map_err(|_| DecodeError::Invalid(InvalidLock::Limit))?;
+            let n = src.u64().ok_or(DecodeError::ShortRead)?;
+            if n == 0 || n > MAX_HOLDERS {
+                return Err(DecodeError::Invalid(InvalidLock::HolderCount));
+            }
+            let mut lock = Lock {
+                limit,
+                holders: Default::default(),
+            };
+            for _ in 0..n {
+                let owner = src.bytes().ok_or(DecodeError::ShortRead)?;
+                let exclusive = src.u64().ok_or(DecodeError::ShortRead)?;
+                let shared = src.u64().ok_or(DecodeError::ShortRead)?;
+                let token = src.u64().ok_or(DecodeError::ShortRead)?;
+                let deadline_ms = src.u64().ok_or(DecodeError::ShortRead)?;
+                let holder = Holder::from_loaded(
+                    from,
+                    &owner,
+                    exclusive,
+                    shared,
+                    token,
+                    deadline_ms,
+                    now_ms,
+                )
+                .map_err(DecodeError::Invalid)?;
+                lock.holders.push(holder);
+            }
+            lock.check().map_err(DecodeError::Invalid)?;
+            Ok(lock)
+        }
+        other => Err(DecodeError::UnknownVersion(other)),
     }
-    let owner = src.bytes().ok_or(DecodeError::ShortRead)?;
-    let holds = src.u64().ok_or(DecodeError::ShortRead)?;
-    let token = src.u64().ok_or(DecodeError::ShortRead)?;
-    let deadline_ms = src.u64().ok_or(DecodeError::ShortRead)?;
-    Lock::from_loaded(from, &owner, holds, token, deadline_ms, now_ms).map_err(DecodeError::Invalid)
 }
 
 /// Reads the module-global aux field: the highest token the server that
-/// wrote the file had issued. Any value up to [`MAX_TOKEN`] is accepted (a
-/// generator that far along only stops issuing; it never repeats).
+/// wrote the file had issued (the same in both encodings). Any value up to
+/// [`MAX_TOKEN`] is accepted (a generator that far along only stops
+/// issuing; it never repeats).
 pub fn decode_aux(src: &mut impl FieldSource, encver: i32) -> Result<FencingToken, DecodeError> {
-    if encver != ENCODING_VERSION {
+    if encver != ENCODING_VERSION && encver != ENCODING_V1 {
         return Err(DecodeError::UnknownVersion(encver));
     }
     let last = src.u64().ok_or(DecodeError::ShortRead)?;
@@ -75,10 +122,26 @@ pub fn decode_aux(src: &mut impl FieldSource, encver: i32) -> Result<FencingToke
     Ok(last)
 }
 
-/// The fields of a lock in the order [`decode`] reads them, as the module
-/// writes them to RDB files.
-pub fn fields(lock: &Lock) -> (&[u8], u64, u64, u64) {
-    (&lock.owner, lock.holds, lock.token, lock.deadline_ms)
+/// Where [`encode`] writes the fields of a value.
+pub trait FieldSink {
+    /// Writes an unsigned integer field.
+    fn u64(&mut self, v: u64);
+    /// Writes a string field.
+    fn bytes(&mut self, v: &[u8]);
+}
+
+/// Writes a value in the current encoding, the fields in the order
+/// [`decode`] reads them.
+pub fn encode(lock: &Lock, out: &mut impl FieldSink) {
+    out.u64(u64::from(lock.limit));
+    out.u64(lock.holders.len() as u64);
+    for h in &lock.holders {
+        out.bytes(&h.owner);
+        out.u64(h.exclusive);
+        out.u64(h.shared);
+        out.u64(h.token);
+        out.u64(h.deadline_ms);
+    }
 }
 
 /// A [`FieldSource`] over a byte slice, for the unit tests and the fuzz
@@ -109,12 +172,29 @@ impl FieldSource for SliceSource<'_> {
     }
 }
 
+/// A [`FieldSink`] into a byte vector, in the layout [`SliceSource`] reads.
+#[derive(Debug, Default)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub struct VecSink(pub Vec<u8>);
+
+impl FieldSink for VecSink {
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        let len = u16::try_from(v.len()).unwrap_or(u16::MAX);
+        self.0.extend_from_slice(&len.to_le_bytes());
+        self.0
+            .extend_from_slice(v.get(..usize::from(len)).unwrap_or(v));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rules::lock::MAX_RESTORED_TOKEN;
 
-    fn encode(owner: &[u8], holds: u64, token: u64, deadline: u64) -> Vec<u8> {
+    fn encode_v1(owner: &[u8], holds: u64, token: u64, deadline: u64) -> Vec<u8> {
         let mut v = (owner.len() as u16).to_le_bytes().to_vec();
         v.extend_from_slice(owner);
         for n in [holds, token, deadline] {
@@ -125,16 +205,26 @@ mod tests {
 
     #[test]
     fn a_valid_value_round_trips() {
-        let bytes = encode(b"owner", 3, 77, 5_000);
+        let bytes = encode_v1(b"owner", 3, 77, 5_000);
         let lock = decode(&mut SliceSource(&bytes), 1, LoadedFrom::Restore, 4_000);
-        let read = lock.as_ref().map(fields);
-        assert_eq!(read, Ok((&b"owner"[..], 3, 77, 5_000)));
+        let read = lock.as_ref().map(|l| {
+            let h = &l.holders[0];
+            (
+                l.limit,
+                h.owner.as_slice(),
+                h.exclusive,
+                h.shared,
+                h.token,
+                h.deadline_ms,
+            )
+        });
+        assert_eq!(read, Ok((0, &b"owner"[..], 3, 0, 77, 5_000)));
     }
 
     #[test]
     fn unknown_versions_are_refused() {
-        let bytes = encode(b"o", 1, 1, 1);
-        for v in [0, 2, 1023, -1] {
+        let bytes = encode_v1(b"o", 1, 1, 1);
+        for v in [0, 3, 1023, -1] {
             assert_eq!(
                 decode(&mut SliceSource(&bytes), v, LoadedFrom::Restore, 0),
                 Err(DecodeError::UnknownVersion(v))
@@ -144,7 +234,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_a_short_read() {
-        let bytes = encode(b"owner", 1, 2, 3);
+        let bytes = encode_v1(b"owner", 1, 2, 3);
         for n in 0..bytes.len() {
             assert_eq!(
                 decode(&mut SliceSource(&bytes[..n]), 1, LoadedFrom::Restore, 0),
@@ -158,15 +248,15 @@ mod tests {
     fn out_of_range_fields_are_refused() {
         let now = 1_000;
         let cases = [
-            (encode(b"", 1, 1, 5), InvalidLock::Owner),
-            (encode(&[1u8; 1025], 1, 1, 5), InvalidLock::Owner),
-            (encode(b"o", 0, 1, 5), InvalidLock::Holds),
+            (encode_v1(b"", 1, 1, 5), InvalidLock::Owner),
+            (encode_v1(&[1u8; 1025], 1, 1, 5), InvalidLock::Owner),
+            (encode_v1(b"o", 0, 1, 5), InvalidLock::Holds),
             (
-                encode(b"o", 1, MAX_RESTORED_TOKEN + 1, 5),
+                encode_v1(b"o", 1, MAX_RESTORED_TOKEN + 1, 5),
                 InvalidLock::Token,
             ),
-            (encode(b"o", 1, i64::MAX as u64, 5), InvalidLock::Token),
-            (encode(b"o", 1, 1, u64::MAX), InvalidLock::Deadline),
+            (encode_v1(b"o", 1, i64::MAX as u64, 5), InvalidLock::Token),
+            (encode_v1(b"o", 1, 1, u64::MAX), InvalidLock::Deadline),
         ];
         for (bytes, why) in cases {
             assert_eq!(
@@ -186,6 +276,122 @@ mod tests {
             decode_aux(&mut SliceSource(&[1, 2]), 1),
             Err(DecodeError::ShortRead)
         );
-        assert!(decode_aux(&mut SliceSource(&max), 2).is_err());
+        assert_eq!(decode_aux(&mut SliceSource(&max), 2), Ok(MAX_TOKEN));
+        assert!(decode_aux(&mut SliceSource(&max), 3).is_err());
+    }
+
+    fn holder(owner: &[u8], e: u64, s: u64, token: u64, deadline: u64) -> Holder {
+        Holder {
+            owner: owner.into(),
+            exclusive: e,
+            shared: s,
+            token,
+            deadline_ms: deadline,
+        }
+    }
+
+    fn v2(limit: u32, holders: Vec<Holder>) -> Vec<u8> {
+        let mut sink = VecSink::default();
+        encode(
+            &Lock {
+                limit,
+                holders: holders.into(),
+            },
+            &mut sink,
+        );
+        sink.0
+    }
+
+    #[test]
+    fn every_kind_round_trips_in_version_2() {
+        let values = [
+            (0, vec![holder(b"w", 2, 1, 9, 5_000)]),
+            (
+                0,
+                vec![
+                    holder(b"r1", 0, 1, 9, 5_000),
+                    holder(b"r2", 0, 4, 10, 6_000),
+                ],
+            ),
+            (
+                5,
+                vec![
+                    holder(b"p1", 0, 2, 9, 5_000),
+                    holder(b"p2", 0, 3, 11, 7_000),
+                ],
+            ),
+        ];
+        for (limit, holders) in values {
+            let bytes = v2(limit, holders.clone());
+            let lock = decode(&mut SliceSource(&bytes), 2, LoadedFrom::Restore, 4_000);
+            assert_eq!(
+                lock,
+                Ok(Lock {
+                    limit,
+                    holders: holders.into()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn every_version_2_truncation_is_a_short_read() {
+        let bytes = v2(3, vec![holder(b"a", 0, 1, 9, 5), holder(b"b", 0, 2, 10, 5)]);
+        for n in 0..bytes.len() {
+            assert_eq!(
+                decode(&mut SliceSource(&bytes[..n]), 2, LoadedFrom::Restore, 0),
+                Err(DecodeError::ShortRead),
+                "{n} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn version_2_values_that_break_their_kind_are_refused() {
+        let now = 1_000;
+        let cases = [
+            (v2(0, vec![]), InvalidLock::HolderCount),
+            (
+                v2(0, vec![holder(b"a", 1, 0, 1, 5), holder(b"b", 0, 1, 2, 5)]),
+                InvalidLock::Shape,
+            ),
+            (v2(2, vec![holder(b"a", 0, 3, 1, 5)]), InvalidLock::Shape),
+            (v2(2, vec![holder(b"a", 1, 0, 1, 5)]), InvalidLock::Shape),
+            (
+                v2(2_000_000, vec![holder(b"a", 0, 1, 1, 5)]),
+                InvalidLock::Limit,
+            ),
+            (
+                v2(0, vec![holder(b"a", 0, 1, 1, 5), holder(b"a", 0, 1, 2, 5)]),
+                InvalidLock::Duplicate,
+            ),
+            (v2(0, vec![holder(b"a", 0, 0, 1, 5)]), InvalidLock::Holds),
+            (v2(0, vec![holder(b"a", 0, 1, 0, 5)]), InvalidLock::Token),
+            (
+                v2(0, vec![holder(b"a", 0, 1, 1, u64::MAX)]),
+                InvalidLock::Deadline,
+            ),
+        ];
+        for (bytes, why) in cases {
+            assert_eq!(
+                decode(&mut SliceSource(&bytes), 2, LoadedFrom::Restore, now),
+                Err(DecodeError::Invalid(why))
+            );
+        }
+        // A limit beyond 32 bits, and a holder count beyond the bound.
+        let mut big = VecSink::default();
+        big.u64(1 << 40);
+        big.u64(1);
+        assert_eq!(
+            decode(&mut SliceSource(&big.0), 2, LoadedFrom::Restore, now),
+            Err(DecodeError::Invalid(InvalidLock::Limit))
+        );
+        let mut many = VecSink::default();
+        many.u64(0);
+        many.u64(MAX_HOLDERS + 1);
+        assert_eq!(
+            decode(&mut SliceSource(&many.0), 2, LoadedFrom::Restore, now),
+            Err(DecodeError::Invalid(InvalidLock::HolderCount))
+        );
     }
 }

@@ -1,5 +1,7 @@
-//! The lock state machine: one lock's holder, hold count, fencing token and
-//! lease deadline, and the server-wide fencing-token generator.
+//! The lock family's state machine: a key's kind (read/write lock or
+//! semaphore) and its holders, each with its holds or permits, fencing token
+//! and lease deadline; the admission rule of every kind; and the server-wide
+//! fencing-token generator.
 //!
 //! Plain Rust, no FFI: every rule of the lock lives here and is unit-tested
 //! without a server. Times are wall-clock Unix milliseconds (`now_ms`,
@@ -55,46 +57,185 @@ impl LoadedFrom {
 /// (one allocation per lock); longer ones spill to the heap.
 pub const INLINE_OWNER_LEN: usize = 48;
 
-/// The holder's owner string.
+/// The largest semaphore (`LIMIT permits`).
+pub const MAX_PERMITS: u32 = 1_000_000;
+
+/// The most holders one key may have when loaded from outside (a semaphore
+/// has at most [`MAX_PERMITS`] holders; readers are held to the same bound).
+pub const MAX_HOLDERS: u64 = MAX_PERMITS as u64;
+
+/// The largest hold count (a positive RESP integer).
+pub const MAX_HOLDS: u64 = i64::MAX as u64;
+
+/// A holder's owner string.
 pub type Owner = smallvec::SmallVec<[u8; INLINE_OWNER_LEN]>;
 
 /// A fencing token: positive, and for one key strictly greater than every
 /// token granted before it on this server.
 pub type FencingToken = u64;
 
-/// One held lock, as stored in its key.
+/// What an acquire asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// The exclusive (write) lock.
+    Exclusive,
+    /// A shared (read) hold.
+    Shared,
+    /// `count` permits of a semaphore of `limit`.
+    Permits { limit: u32, count: u32 },
+}
+
+/// The kind of a held key, as `LOCK.INFO` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One owner holds it exclusively (maybe with shared holds too, after a
+    /// downgrade).
+    Exclusive,
+    /// Only shared holders.
+    Shared,
+    /// A semaphore.
+    Semaphore,
+}
+
+/// One owner's share of a key, with its own lease and token.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lock {
+pub struct Holder {
     /// The holder's opaque owner string.
     pub owner: Owner,
-    /// How many times the holder has acquired it without releasing (≥ 1).
-    pub holds: u64,
-    /// The token issued at the fresh grant; re-entries return it again.
+    /// Exclusive holds (read/write lock only).
+    pub exclusive: u64,
+    /// Shared holds of a read/write lock, or permits of a semaphore.
+    pub shared: u64,
+    /// The token issued at this owner's fresh grant; its re-entries (and a
+    /// downgrade) return it again.
     pub token: FencingToken,
-    /// Wall-clock Unix ms at which the lease ends unless renewed.
+    /// Wall-clock Unix ms at which this owner's lease ends unless renewed.
     pub deadline_ms: u64,
 }
 
-/// Why a holder-only operation did not apply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NotHolder {
-    /// Someone else holds the lock.
-    OtherOwner,
+impl Holder {
+    /// Everything this owner holds at the key: holds, or permits.
+    pub fn total(&self) -> u64 {
+        self.exclusive.saturating_add(self.shared)
+    }
+
+    /// True once the lease has passed: a share is held on `[grant, deadline)`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        now_ms >= self.deadline_ms
+    }
+
+    /// Remaining lease in ms (0 when expired).
+    pub fn remaining_ms(&self, now_ms: u64) -> u64 {
+        self.deadline_ms.saturating_sub(now_ms)
+    }
 }
 
-/// Why a lock read from outside (RDB, RESTORE, AOF, replication) was
+/// The value stored in a lock key: its kind and its holders, oldest grant
+/// first. An exclusive holder is always the only holder; a semaphore's
+/// permits never exceed its limit. A key with no holders does not exist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lock {
+    /// 0: a read/write lock; otherwise a semaphore of this many permits.
+    pub limit: u32,
+    /// Who holds it, oldest grant first.
+    pub holders: smallvec::SmallVec<[Holder; 1]>,
+}
+
+/// Why an acquire is refused outright (an error reply; nothing changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A shared-only holder asked for the exclusive lock.
+    Upgrade,
+    /// The key is a semaphore of this many permits.
+    Semaphore(u32),
+    /// The key is a read/write lock, and the request is for permits.
+    NotSemaphore,
+    /// No fencing token is left to issue.
+    TokensExhausted,
+}
+
+/// The reply to an upgrade attempt.
+pub const ERR_UPGRADE: &str = "ERR the owner holds this lock shared: upgrading to exclusive would deadlock when two readers try; release the shared holds first";
+
+/// The reply to a request for permits on a read/write lock.
+pub const ERR_NOT_SEMAPHORE: &str =
+    "WRONGTYPE the key holds a read/write lock, not a semaphore: acquire it without LIMIT";
+
+impl Refusal {
+    /// The error reply.
+    pub fn reply(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Refusal::Upgrade => ERR_UPGRADE.into(),
+            Refusal::NotSemaphore => ERR_NOT_SEMAPHORE.into(),
+            Refusal::Semaphore(p) => format!(
+                "WRONGTYPE the key holds a semaphore of {p} permits: acquire it with LIMIT {p}"
+            )
+            .into(),
+            Refusal::TokensExhausted => TokensExhausted::REPLY.into(),
+        }
+    }
+}
+
+/// What an acquire would get now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// A fresh grant: a new holder with a new token.
+    Fresh,
+    /// A re-entry of the holder at this index (same token).
+    Reenter(usize),
+    /// Not now: it must wait (or be answered nil).
+    Busy,
+    /// Never: an error reply.
+    Refused(Refusal),
+}
+
+/// Why a release did not apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseError {
+    /// The owner holds nothing here.
+    NotHolder,
+    /// It holds less than asked (what it holds).
+    TooMany(u64),
+}
+
+impl ReleaseError {
+    /// The error reply for [`ReleaseError::TooMany`].
+    pub fn reply(held: u64) -> String {
+        format!("ERR COUNT is more than the owner holds ({held}); nothing changed")
+    }
+}
+
+/// What a release left behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// The owner still holds this much; its lease is unchanged.
+    StillHeld(u64),
+    /// The owner holds nothing more: its share (returned) left the key.
+    Gone(Holder),
+}
+
+/// Why a value read from outside (RDB, RESTORE, AOF, replication) was
 /// refused: each field must pass the rules the commands apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InvalidLock {
     /// The owner is empty or longer than [`MAX_OWNER_LEN`].
     Owner,
-    /// The hold count is 0 or not a positive RESP integer.
+    /// A hold or permit count is 0 or above 2^63 − 1.
     Holds,
     /// The token is 0 or above what its source may carry
     /// ([`LoadedFrom::max_token`]).
     Token,
     /// The deadline is 0 or later than now + [`MAX_LOADED_DEADLINE_AHEAD_MS`].
     Deadline,
+    /// The semaphore limit is above [`MAX_PERMITS`].
+    Limit,
+    /// No holders, or more than [`MAX_HOLDERS`].
+    HolderCount,
+    /// Two holders with one owner or one token.
+    Duplicate,
+    /// Holders that break the kind's rules (an exclusive holder beside
+    /// others, exclusive holds on a semaphore, permits above the limit).
+    Shape,
 }
 
 impl InvalidLock {
@@ -107,6 +248,12 @@ impl InvalidLock {
                 "token must be from 1 to 0x7000000000000000 in a RESTORE payload, to 2^63-1 elsewhere"
             }
             InvalidLock::Deadline => "deadline must be from 1 to now + 31 days",
+            InvalidLock::Limit => "limit must be 0 (read/write lock) or 1 to 1000000 permits",
+            InvalidLock::HolderCount => "a key has 1 to 1000000 holders",
+            InvalidLock::Duplicate => "two holders with the same owner or token",
+            InvalidLock::Shape => {
+                "an exclusive holder is the only holder; a semaphore holds only permits, at most its limit"
+            }
         }
     }
 }
@@ -121,29 +268,18 @@ impl TokensExhausted {
         "ERR no fencing token left to issue on this server (all up to 2^63-1 are used); nothing changed";
 }
 
-/// What a release left behind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Released {
-    /// The holder still holds it this many times; the lease is unchanged.
-    StillHeld(u64),
-    /// The hold count reached zero: the lock must be deleted.
-    Free,
-}
-
 impl Lock {
-    /// A fresh grant: one hold, lease `now + ttl`.
-    pub fn grant(owner: &[u8], token: FencingToken, now_ms: u64, ttl_ms: u64) -> Lock {
-        Lock {
-            owner: Owner::from_slice(owner),
-            holds: 1,
-            token,
-            deadline_ms: now_ms.saturating_add(ttl_ms),
-        }
+    /// A key's first grant: `want` sets its kind.
+    pub fn grant(owner: &[u8], want: Want, token: FencingToken, now_ms: u64, ttl_ms: u64) -> Lock {
+        let mut lock = Lock::default();
+        lock.add(owner, want, token, now_ms, ttl_ms);
+        lock
     }
 
-    /// A lock read from outside (RDB, RESTORE, AOF, replication), checked
-    /// against the same rules the commands apply. A deadline in the past is
-    /// accepted (the server was down past it; the lease is expired at once).
+    /// The single exclusive holder of a lock written by the first release
+    /// (encoding version 1, the 5-argument `LOCK.APPLY`), checked against
+    /// the rules the commands apply. A deadline in the past is accepted
+    /// (the server was down past it; the lease is expired at once).
     pub fn from_loaded(
         from: LoadedFrom,
         owner: &[u8],
@@ -152,10 +288,268 @@ impl Lock {
         deadline_ms: u64,
         now_ms: u64,
     ) -> Result<Lock, InvalidLock> {
+        let holder = Holder::from_loaded(from, owner, holds, 0, token, deadline_ms, now_ms)?;
+        Ok(Lock {
+            limit: 0,
+            holders: smallvec::smallvec![holder],
+        })
+    }
+
+    /// The kind of the key.
+    pub fn mode(&self) -> Mode {
+        if self.limit > 0 {
+            Mode::Semaphore
+        } else if self.holders.first().is_some_and(|h| h.exclusive > 0) {
+            Mode::Exclusive
+        } else {
+            Mode::Shared
+        }
+    }
+
+    /// True when nobody holds anything (the key must be deleted).
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty()
+    }
+
+    /// Where `owner`'s share is.
+    pub fn find(&self, owner: &[u8]) -> Option<usize> {
+        self.holders
+            .iter()
+            .position(|h| h.owner.as_slice() == owner)
+    }
+
+    /// Where the share with this token and deadline is (a lease in the
+    /// schedule names its share so).
+    pub fn find_lease(&self, token: FencingToken, deadline_ms: u64) -> Option<usize> {
+        self.holders
+            .iter()
+            .position(|h| h.token == token && h.deadline_ms == deadline_ms)
+    }
+
+    /// Permits taken (a semaphore).
+    pub fn used(&self) -> u64 {
+        self.holders
+            .iter()
+            .map(|h| h.shared)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Permits free now (0 for a read/write lock).
+    pub fn available(&self) -> u64 {
+        u64::from(self.limit).saturating_sub(self.used())
+    }
+
+    /// What `owner` asking for `want` would get now. `nobody_waits`: the
+    /// key's queue is empty (or the asker is at its head): a fresh shared
+    /// or permit grant never overtakes a waiter.
+    pub fn admit(&self, owner: &[u8], want: Want, nobody_waits: bool) -> Admit {
+        if self.holders.is_empty() {
+            return Admit::Fresh;
+        }
+        let mine = self.find(owner);
+        match (self.limit, want) {
+            (0, Want::Permits { .. }) => Admit::Refused(Refusal::NotSemaphore),
+            (0, Want::Exclusive) => match mine {
+                Some(i) if self.holders.get(i).is_some_and(|h| h.exclusive > 0) => {
+                    Admit::Reenter(i)
+                }
+                Some(_) => Admit::Refused(Refusal::Upgrade),
+                None => Admit::Busy,
+            },
+            (0, Want::Shared) => match mine {
+                Some(i) => Admit::Reenter(i),
+                None if self.mode() == Mode::Exclusive || !nobody_waits => Admit::Busy,
+                None => Admit::Fresh,
+            },
+            (l, Want::Permits { limit, count }) if l == limit => {
+                if !nobody_waits || self.available() < u64::from(count) {
+                    Admit::Busy
+                } else {
+                    mine.map_or(Admit::Fresh, Admit::Reenter)
+                }
+            }
+            (l, _) => Admit::Refused(Refusal::Semaphore(l)),
+        }
+    }
+
+    /// Adds a fresh holder (after [`Admit::Fresh`]); returns its index. On
+    /// an empty lock `want` sets the kind.
+    pub fn add(
+        &mut self,
+        owner: &[u8],
+        want: Want,
+        token: FencingToken,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> usize {
+        if self.holders.is_empty() {
+            self.limit = match want {
+                Want::Permits { limit, .. } => limit,
+                _ => 0,
+            };
+        }
+        let (exclusive, shared) = match want {
+            Want::Exclusive => (1, 0),
+            Want::Shared => (0, 1),
+            Want::Permits { count, .. } => (0, u64::from(count)),
+        };
+        self.holders.push(Holder {
+            owner: Owner::from_slice(owner),
+            exclusive,
+            shared,
+            token,
+            deadline_ms: now_ms.saturating_add(ttl_ms),
+        });
+        self.holders.len() - 1
+    }
+
+    /// Re-entry of the holder at `i` (after [`Admit::Reenter`]): one more
+    /// hold of the kind asked for (or `count` more permits), lease reset to
+    /// `now + ttl`, same token. Counts saturate rather than overflow.
+    pub fn reenter(
+        &mut self,
+        i: usize,
+        want: Want,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Option<FencingToken> {
+        let h = self.holders.get_mut(i)?;
+        match want {
+            Want::Exclusive => h.exclusive = h.exclusive.saturating_add(1).min(MAX_HOLDS),
+            Want::Shared => h.shared = h.shared.saturating_add(1).min(MAX_HOLDS),
+            Want::Permits { count, .. } => h.shared = h.shared.saturating_add(u64::from(count)),
+        }
+        h.deadline_ms = now_ms.saturating_add(ttl_ms);
+        Some(h.token)
+    }
+
+    /// Renewal of `owner`'s lease: `now + ttl` (it may shorten it). Returns
+    /// the holder's index and its old deadline.
+    pub fn renew(&mut self, owner: &[u8], now_ms: u64, ttl_ms: u64) -> Option<(usize, u64)> {
+        let i = self.find(owner)?;
+        let h = self.holders.get_mut(i)?;
+        let old = h.deadline_ms;
+        h.deadline_ms = now_ms.saturating_add(ttl_ms);
+        Some((i, old))
+    }
+
+    /// Release of `count` of `owner`'s holds, exclusive holds first (or
+    /// `count` permits); the lease is kept as it is. Nothing changes on an
+    /// error.
+    pub fn release(&mut self, owner: &[u8], count: u64) -> Result<(usize, Released), ReleaseError> {
+        let i = self.find(owner).ok_or(ReleaseError::NotHolder)?;
+        let h = self.holders.get_mut(i).ok_or(ReleaseError::NotHolder)?;
+        let total = h.total();
+        if count > total {
+            return Err(ReleaseError::TooMany(total));
+        }
+        let from_exclusive = count.min(h.exclusive);
+        h.exclusive -= from_exclusive;
+        h.shared -= count - from_exclusive;
+        if h.total() > 0 {
+            return Ok((i, Released::StillHeld(h.total())));
+        }
+        Ok((i, Released::Gone(self.holders.remove(i))))
+    }
+
+    /// Removes the holder at `i` (its lease expired, or it was forced out).
+    pub fn remove(&mut self, i: usize) -> Option<Holder> {
+        (i < self.holders.len()).then(|| self.holders.remove(i))
+    }
+
+    /// Checks a value read from outside against the rules of its kind
+    /// (each holder was checked on its own by [`Holder::from_loaded`]).
+    pub fn check(&self) -> Result<(), InvalidLock> {
+        if self.limit > MAX_PERMITS {
+            return Err(InvalidLock::Limit);
+        }
+        let n = self.holders.len();
+        if n == 0 || n as u64 > MAX_HOLDERS {
+            return Err(InvalidLock::HolderCount);
+        }
+        if self.limit > 0 {
+            if self
+                .holders
+                .iter()
+                .any(|h| h.exclusive > 0 || h.shared == 0)
+            {
+                return Err(InvalidLock::Shape);
+            }
+            if self.used() > u64::from(self.limit) {
+                return Err(InvalidLock::Shape);
+            }
+        } else if n > 1 && self.holders.iter().any(|h| h.exclusive > 0) {
+            return Err(InvalidLock::Shape);
+        }
+        if n > 1 {
+            let mut owners: Vec<&[u8]> = self.holders.iter().map(|h| h.owner.as_slice()).collect();
+            owners.sort_unstable();
+            let mut tokens: Vec<FencingToken> = self.holders.iter().map(|h| h.token).collect();
+            tokens.sort_unstable();
+            if owners.windows(2).any(|w| w.first() == w.get(1))
+                || tokens.windows(2).any(|w| w.first() == w.get(1))
+            {
+                return Err(InvalidLock::Duplicate);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `owner`'s share as a replicated effect says (`LOCK.APPLY ...
+    /// SHARED` / `LIMIT`): the key's kind must match; the result must pass
+    /// [`Lock::check`]. Nothing changes on an error.
+    pub fn upsert(&mut self, limit: u32, holder: Holder) -> Result<(), InvalidLock> {
+        if !self.holders.is_empty() && self.limit != limit {
+            return Err(InvalidLock::Shape);
+        }
+        let mut next = self.clone();
+        next.limit = limit;
+        match next.find(&holder.owner) {
+            Some(i) => {
+                if let Some(h) = next.holders.get_mut(i) {
+                    *h = holder;
+                }
+            }
+            None => next.holders.push(holder),
+        }
+        next.check()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Bytes this value occupies in memory (for `MEMORY USAGE`).
+    pub fn mem_usage(&self) -> usize {
+        let holders = if self.holders.spilled() {
+            self.holders.capacity() * std::mem::size_of::<Holder>()
+        } else {
+            0
+        };
+        let owners: usize = self
+            .holders
+            .iter()
+            .filter(|h| h.owner.spilled())
+            .map(|h| h.owner.capacity())
+            .sum();
+        std::mem::size_of::<Lock>() + holders + owners
+    }
+}
+
+impl Holder {
+    /// One holder read from outside, each field checked against the rules
+    /// the commands apply (`exclusive + shared` ≥ 1, each ≤ 2^63 − 1).
+    pub fn from_loaded(
+        from: LoadedFrom,
+        owner: &[u8],
+        exclusive: u64,
+        shared: u64,
+        token: FencingToken,
+        deadline_ms: u64,
+        now_ms: u64,
+    ) -> Result<Holder, InvalidLock> {
         if owner.is_empty() || owner.len() > MAX_OWNER_LEN {
             return Err(InvalidLock::Owner);
         }
-        if holds == 0 || holds > i64::MAX as u64 {
+        if exclusive > MAX_HOLDS || shared > MAX_HOLDS || exclusive == 0 && shared == 0 {
             return Err(InvalidLock::Holds);
         }
         if token == 0 || token > from.max_token() {
@@ -164,76 +558,13 @@ impl Lock {
         if deadline_ms == 0 || deadline_ms > now_ms.saturating_add(MAX_LOADED_DEADLINE_AHEAD_MS) {
             return Err(InvalidLock::Deadline);
         }
-        Ok(Lock {
+        Ok(Holder {
             owner: Owner::from_slice(owner),
-            holds,
+            exclusive,
+            shared,
             token,
             deadline_ms,
         })
-    }
-
-    /// True once the lease has passed: a lock is held on `[grant, deadline)`.
-    pub fn is_expired(&self, now_ms: u64) -> bool {
-        now_ms >= self.deadline_ms
-    }
-
-    /// Remaining lease in ms (0 when expired).
-    pub fn remaining_ms(&self, now_ms: u64) -> u64 {
-        self.deadline_ms.saturating_sub(now_ms)
-    }
-
-    /// Whether `owner` is the holder.
-    pub fn is_held_by(&self, owner: &[u8]) -> bool {
-        self.owner.as_slice() == owner
-    }
-
-    /// Re-entry by the holder: one more hold, lease reset to `now + ttl`,
-    /// same token. The hold count saturates rather than overflow (2^64
-    /// acquisitions cannot happen within a lease anyway).
-    pub fn reenter(
-        &mut self,
-        owner: &[u8],
-        now_ms: u64,
-        ttl_ms: u64,
-    ) -> Result<FencingToken, NotHolder> {
-        if !self.is_held_by(owner) {
-            return Err(NotHolder::OtherOwner);
-        }
-        self.holds = self.holds.saturating_add(1);
-        self.deadline_ms = now_ms.saturating_add(ttl_ms);
-        Ok(self.token)
-    }
-
-    /// Renewal by the holder: lease becomes `now + ttl` (it may shorten it).
-    pub fn renew(&mut self, owner: &[u8], now_ms: u64, ttl_ms: u64) -> Result<(), NotHolder> {
-        if !self.is_held_by(owner) {
-            return Err(NotHolder::OtherOwner);
-        }
-        self.deadline_ms = now_ms.saturating_add(ttl_ms);
-        Ok(())
-    }
-
-    /// Release by the holder: one hold less; the lease is kept as it is.
-    pub fn release(&mut self, owner: &[u8]) -> Result<Released, NotHolder> {
-        if !self.is_held_by(owner) {
-            return Err(NotHolder::OtherOwner);
-        }
-        self.holds = self.holds.saturating_sub(1);
-        Ok(if self.holds == 0 {
-            Released::Free
-        } else {
-            Released::StillHeld(self.holds)
-        })
-    }
-
-    /// Bytes this lock occupies in memory (for `MEMORY USAGE`).
-    pub fn mem_usage(&self) -> usize {
-        let spilled = if self.owner.spilled() {
-            self.owner.capacity()
-        } else {
-            0
-        };
-        std::mem::size_of::<Lock>() + spilled
     }
 }
 
@@ -293,70 +624,304 @@ impl TokenGenerator {
 mod tests {
     use super::*;
 
-    #[test]
-    fn grant_holds_once_with_lease_from_now() {
-        let l = Lock::grant(b"a", 7, 1000, 500);
-        assert_eq!(l.holds, 1);
-        assert_eq!(l.token, 7);
-        assert_eq!(l.deadline_ms, 1500);
-        assert!(!l.is_expired(1499));
-        assert!(l.is_expired(1500));
-        assert_eq!(l.remaining_ms(1200), 300);
-        assert_eq!(l.remaining_ms(2000), 0);
+    const X: Want = Want::Exclusive;
+    const S: Want = Want::Shared;
+    fn p(limit: u32, count: u32) -> Want {
+        Want::Permits { limit, count }
     }
 
     #[test]
-    fn reentry_keeps_token_and_resets_lease() {
-        let mut l = Lock::grant(b"a", 7, 1000, 500);
-        assert_eq!(l.reenter(b"a", 1400, 100), Ok(7));
-        assert_eq!(l.holds, 2);
-        assert_eq!(l.deadline_ms, 1500);
-        assert_eq!(l.reenter(b"a", 1450, 1000), Ok(7));
-        assert_eq!(l.deadline_ms, 2450);
+    fn a_first_grant_sets_the_kind_and_the_lease() {
+        let l = Lock::grant(b"a", X, 7, 1000, 500);
+        assert_eq!(l.mode(), Mode::Exclusive);
+        let h = &l.holders[0];
+        assert_eq!(
+            (h.exclusive, h.shared, h.token, h.deadline_ms),
+            (1, 0, 7, 1500)
+        );
+        assert!(!h.is_expired(1499) && h.is_expired(1500));
+        assert_eq!(h.remaining_ms(1200), 300);
+        assert_eq!(h.remaining_ms(2000), 0);
+        assert_eq!(Lock::grant(b"a", S, 7, 0, 1).mode(), Mode::Shared);
+        let sem = Lock::grant(b"a", p(4, 3), 7, 0, 1);
+        assert_eq!(
+            (sem.mode(), sem.limit, sem.available()),
+            (Mode::Semaphore, 4, 1)
+        );
     }
 
     #[test]
-    fn other_owner_changes_nothing() {
-        let mut l = Lock::grant(b"a", 7, 1000, 500);
+    fn exclusive_reentry_keeps_token_and_resets_lease() {
+        let mut l = Lock::grant(b"a", X, 7, 1000, 500);
+        assert_eq!(l.admit(b"a", X, false), Admit::Reenter(0));
+        assert_eq!(l.reenter(0, X, 1400, 100), Some(7));
+        assert_eq!(
+            (l.holders[0].exclusive, l.holders[0].deadline_ms),
+            (2, 1500)
+        );
+        assert_eq!(l.admit(b"b", X, true), Admit::Busy);
+        assert_eq!(l.admit(b"b", S, true), Admit::Busy);
+    }
+
+    #[test]
+    fn readers_share_until_a_writer_waits() {
+        let mut l = Lock::grant(b"r1", S, 1, 0, 100);
+        assert_eq!(l.admit(b"r2", S, true), Admit::Fresh);
+        l.add(b"r2", S, 2, 0, 100);
+        // A writer is queued: later readers wait behind it ...
+        assert_eq!(l.admit(b"r3", S, false), Admit::Busy);
+        // ... but a reader that already holds re-enters at once.
+        assert_eq!(l.admit(b"r2", S, false), Admit::Reenter(1));
+        assert_eq!(l.admit(b"w", X, true), Admit::Busy);
+    }
+
+    #[test]
+    fn upgrade_is_refused_and_downgrade_allowed() {
+        let l = Lock::grant(b"r", S, 1, 0, 100);
+        assert_eq!(l.admit(b"r", X, true), Admit::Refused(Refusal::Upgrade));
+        let mut w = Lock::grant(b"w", X, 9, 0, 100);
+        assert_eq!(w.admit(b"w", S, false), Admit::Reenter(0));
+        assert_eq!(w.reenter(0, S, 10, 100), Some(9));
+        assert_eq!(w.mode(), Mode::Exclusive);
+        // Exclusive holds go first: one release leaves it shared.
+        assert_eq!(w.release(b"w", 1), Ok((0, Released::StillHeld(1))));
+        assert_eq!(w.mode(), Mode::Shared);
+        assert_eq!(w.admit(b"other", S, true), Admit::Fresh);
+    }
+
+    #[test]
+    fn semaphores_count_permits_in_fifo_order() {
+        let mut l = Lock::grant(b"a", p(4, 3), 1, 0, 100);
+        assert_eq!(l.admit(b"b", p(4, 1), true), Admit::Fresh);
+        assert_eq!(l.admit(b"b", p(4, 2), true), Admit::Busy);
+        // Someone waits ahead: even one free permit is not taken.
+        assert_eq!(l.admit(b"b", p(4, 1), false), Admit::Busy);
+        // The same owner adds under the same rule, keeping its token.
+        assert_eq!(l.admit(b"a", p(4, 1), true), Admit::Reenter(0));
+        assert_eq!(l.reenter(0, p(4, 1), 5, 100), Some(1));
+        assert_eq!((l.used(), l.available()), (4, 0));
+        assert_eq!(l.admit(b"a", p(4, 1), true), Admit::Busy);
+        assert_eq!(l.release(b"a", 2), Ok((0, Released::StillHeld(2))));
+        assert_eq!(l.available(), 2);
+    }
+
+    #[test]
+    fn a_key_keeps_its_kind_while_it_exists() {
+        let sem = Lock::grant(b"a", p(4, 1), 1, 0, 100);
+        for want in [X, S, p(5, 1)] {
+            assert_eq!(
+                sem.admit(b"a", want, true),
+                Admit::Refused(Refusal::Semaphore(4))
+            );
+            assert_eq!(
+                sem.admit(b"z", want, true),
+                Admit::Refused(Refusal::Semaphore(4))
+            );
+        }
+        let rw = Lock::grant(b"a", S, 1, 0, 100);
+        assert_eq!(
+            rw.admit(b"z", p(4, 1), true),
+            Admit::Refused(Refusal::NotSemaphore)
+        );
+        // An empty value (a free key) takes any kind.
+        assert_eq!(Lock::default().admit(b"z", p(4, 1), false), Admit::Fresh);
+        assert!(Refusal::Semaphore(4).reply().contains("LIMIT 4"));
+    }
+
+    #[test]
+    fn release_counts_down_exclusive_first_and_keeps_the_lease() {
+        let mut l = Lock::grant(b"a", X, 7, 1000, 500);
+        l.reenter(0, X, 1100, 900);
+        l.reenter(0, S, 1100, 900);
         let before = l.clone();
-        assert_eq!(l.reenter(b"b", 1100, 500), Err(NotHolder::OtherOwner));
-        assert_eq!(l.renew(b"b", 1100, 500), Err(NotHolder::OtherOwner));
-        assert_eq!(l.release(b"b"), Err(NotHolder::OtherOwner));
-        assert_eq!(l, before);
+        assert_eq!(l.release(b"a", 4), Err(ReleaseError::TooMany(3)));
+        assert_eq!(l.release(b"b", 1), Err(ReleaseError::NotHolder));
+        assert_eq!(l, before, "a refused release changes nothing");
+        assert_eq!(l.release(b"a", 2), Ok((0, Released::StillHeld(1))));
+        assert_eq!((l.holders[0].exclusive, l.holders[0].shared), (0, 1));
+        assert_eq!(l.holders[0].deadline_ms, 2000);
+        let Ok((0, Released::Gone(h))) = l.release(b"a", 1) else {
+            panic!("the last hold frees the share");
+        };
+        assert_eq!(h.token, 7);
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn each_owner_has_its_own_lease() {
+        let mut l = Lock::grant(b"a", S, 1, 0, 100);
+        l.add(b"b", S, 2, 0, 300);
+        assert_eq!(l.renew(b"a", 50, 1000), Some((0, 100)));
+        assert_eq!(l.holders[1].deadline_ms, 300);
+        assert_eq!(l.renew(b"c", 50, 1000), None);
+        assert_eq!(l.find_lease(2, 300), Some(1));
+        assert_eq!(l.find_lease(2, 301), None);
+        assert_eq!(l.remove(0).map(|h| h.token), Some(1));
+        assert_eq!(l.find(b"b"), Some(0));
+        assert_eq!(l.remove(5), None);
     }
 
     #[test]
     fn owner_comparison_is_binary_exact() {
-        let l = Lock::grant(b"a\0b", 1, 0, 10);
-        assert!(l.is_held_by(b"a\0b"));
-        assert!(!l.is_held_by(b"a"));
-        assert!(!l.is_held_by(b"A\0b"));
+        let l = Lock::grant(b"a\0b", X, 1, 0, 10);
+        assert_eq!(l.find(b"a\0b"), Some(0));
+        assert_eq!(l.find(b"a"), None);
+        assert_eq!(l.find(b"A\0b"), None);
     }
 
     #[test]
     fn long_owners_are_kept_whole() {
         let long = vec![7u8; 1024];
-        let l = Lock::grant(&long, 1, 0, 10);
-        assert!(l.is_held_by(&long));
+        let l = Lock::grant(&long, X, 1, 0, 10);
+        assert_eq!(l.find(&long), Some(0));
         assert!(l.mem_usage() >= 1024);
-        assert!(Lock::grant(b"short", 1, 0, 10).mem_usage() < 128);
+        assert!(Lock::grant(b"short", X, 1, 0, 10).mem_usage() < 160);
+        let mut many = Lock::grant(b"r0", S, 1, 0, 10);
+        for i in 1..10u64 {
+            many.add(format!("r{i}").as_bytes(), S, 1 + i, 0, 10);
+        }
+        assert!(many.mem_usage() >= 10 * std::mem::size_of::<Holder>());
     }
 
     #[test]
-    fn release_counts_down_and_keeps_lease() {
-        let mut l = Lock::grant(b"a", 7, 1000, 500);
-        l.reenter(b"a", 1100, 900).ok();
-        assert_eq!(l.release(b"a"), Ok(Released::StillHeld(1)));
-        assert_eq!(l.deadline_ms, 2000);
-        assert_eq!(l.release(b"a"), Ok(Released::Free));
+    fn loaded_values_obey_the_rules_of_their_kind() {
+        let h = |owner: &[u8], e: u64, s: u64, token: u64| Holder {
+            owner: Owner::from_slice(owner),
+            exclusive: e,
+            shared: s,
+            token,
+            deadline_ms: 5,
+        };
+        let ok = |limit, holders: Vec<Holder>| {
+            Lock {
+                limit,
+                holders: holders.into(),
+            }
+            .check()
+        };
+        assert_eq!(ok(0, vec![h(b"a", 2, 1, 1)]), Ok(()));
+        assert_eq!(ok(0, vec![h(b"a", 0, 1, 1), h(b"b", 0, 3, 2)]), Ok(()));
+        assert_eq!(ok(4, vec![h(b"a", 0, 1, 1), h(b"b", 0, 3, 2)]), Ok(()));
+        assert_eq!(ok(0, vec![]), Err(InvalidLock::HolderCount));
+        assert_eq!(
+            ok(0, vec![h(b"a", 1, 0, 1), h(b"b", 0, 1, 2)]),
+            Err(InvalidLock::Shape)
+        );
+        assert_eq!(ok(4, vec![h(b"a", 1, 0, 1)]), Err(InvalidLock::Shape));
+        assert_eq!(
+            ok(4, vec![h(b"a", 0, 3, 1), h(b"b", 0, 2, 2)]),
+            Err(InvalidLock::Shape)
+        );
+        assert_eq!(
+            ok(MAX_PERMITS + 1, vec![h(b"a", 0, 1, 1)]),
+            Err(InvalidLock::Limit)
+        );
+        assert_eq!(
+            ok(0, vec![h(b"a", 0, 1, 1), h(b"a", 0, 1, 2)]),
+            Err(InvalidLock::Duplicate)
+        );
+        assert_eq!(
+            ok(0, vec![h(b"a", 0, 1, 1), h(b"b", 0, 1, 1)]),
+            Err(InvalidLock::Duplicate)
+        );
     }
 
     #[test]
-    fn renew_sets_lease_from_now() {
-        let mut l = Lock::grant(b"a", 7, 1000, 500);
-        assert_eq!(l.renew(b"a", 1400, 50), Ok(()));
-        assert_eq!(l.deadline_ms, 1450);
-        assert_eq!(l.holds, 1);
+    fn upsert_sets_one_share_and_refuses_what_breaks_the_key() {
+        let holder = |owner: &[u8], e, s, token| Holder {
+            owner: Owner::from_slice(owner),
+            exclusive: e,
+            shared: s,
+            token,
+            deadline_ms: 9,
+        };
+        let mut l = Lock::default();
+        assert_eq!(l.upsert(0, holder(b"a", 0, 1, 1)), Ok(()));
+        assert_eq!(l.upsert(0, holder(b"b", 0, 2, 2)), Ok(()));
+        assert_eq!(l.upsert(0, holder(b"a", 0, 5, 1)), Ok(()));
+        assert_eq!(l.holders.len(), 2);
+        assert_eq!(l.holders[0].shared, 5);
+        let before = l.clone();
+        assert_eq!(l.upsert(0, holder(b"c", 1, 0, 3)), Err(InvalidLock::Shape));
+        assert_eq!(l.upsert(4, holder(b"c", 0, 1, 3)), Err(InvalidLock::Shape));
+        assert_eq!(
+            l.upsert(0, holder(b"c", 0, 1, 2)),
+            Err(InvalidLock::Duplicate)
+        );
+        assert_eq!(l, before);
+    }
+
+    #[test]
+    fn loaded_holders_obey_the_command_rules() {
+        let now = 1_000_000;
+        let ok = Lock::from_loaded(LoadedFrom::Restore, b"o", 2, 9, now + 5, now);
+        assert_eq!(
+            ok.map(|l| (
+                l.holders[0].exclusive,
+                l.holders[0].token,
+                l.holders[0].deadline_ms
+            )),
+            Ok((2, 9, now + 5))
+        );
+        // A deadline in the past is fine: expired at once.
+        assert!(Lock::from_loaded(LoadedFrom::Restore, b"o", 1, 9, 1, now).is_ok());
+        let max_ahead = now + MAX_LOADED_DEADLINE_AHEAD_MS;
+        assert!(Lock::from_loaded(LoadedFrom::Restore, b"o", 1, 9, max_ahead, now).is_ok());
+        assert!(
+            Lock::from_loaded(LoadedFrom::Restore, &[0u8; MAX_OWNER_LEN], 1, 9, 5, now).is_ok()
+        );
+        assert!(Lock::from_loaded(
+            LoadedFrom::Restore,
+            b"o",
+            i64::MAX as u64,
+            MAX_RESTORED_TOKEN,
+            5,
+            now
+        )
+        .is_ok());
+        let cases: &[(&[u8], u64, u64, u64, InvalidLock)] = &[
+            (b"", 1, 9, 5, InvalidLock::Owner),
+            (&[b'x'; MAX_OWNER_LEN + 1], 1, 9, 5, InvalidLock::Owner),
+            (b"o", 0, 9, 5, InvalidLock::Holds),
+            (b"o", i64::MAX as u64 + 1, 9, 5, InvalidLock::Holds),
+            (b"o", 1, 0, 5, InvalidLock::Token),
+            (b"o", 1, MAX_RESTORED_TOKEN + 1, 5, InvalidLock::Token),
+            (b"o", 1, u64::MAX, 5, InvalidLock::Token),
+            (b"o", 1, 9, 0, InvalidLock::Deadline),
+            (b"o", 1, 9, max_ahead + 1, InvalidLock::Deadline),
+            (b"o", 1, 9, 1 << 63, InvalidLock::Deadline),
+        ];
+        for (owner, holds, token, deadline, want) in cases {
+            assert_eq!(
+                Lock::from_loaded(LoadedFrom::Restore, owner, *holds, *token, *deadline, now),
+                Err(*want),
+                "{holds} {token} {deadline}"
+            );
+        }
+        assert_eq!(
+            Holder::from_loaded(LoadedFrom::Server, b"o", 0, 0, 1, 5, now),
+            Err(InvalidLock::Holds)
+        );
+        assert!(Holder::from_loaded(LoadedFrom::Server, b"o", 0, 3, 1, 5, now).is_ok());
+    }
+
+    #[test]
+    fn a_server_reloads_every_token_it_can_issue_but_a_restore_stops_lower() {
+        let mut g = TokenGenerator::default();
+        g.observe(MAX_RESTORED_TOKEN);
+        let issued = g.next(1).unwrap_or(0);
+        assert!(issued > MAX_RESTORED_TOKEN);
+        let now = 1_000;
+        assert!(Lock::from_loaded(LoadedFrom::Server, b"o", 1, issued, 5, now).is_ok());
+        assert!(Lock::from_loaded(LoadedFrom::Server, b"o", 1, MAX_TOKEN, 5, now).is_ok());
+        assert_eq!(
+            Lock::from_loaded(LoadedFrom::Restore, b"o", 1, issued, 5, now),
+            Err(InvalidLock::Token)
+        );
+        assert_eq!(
+            Lock::from_loaded(LoadedFrom::Server, b"o", 1, MAX_TOKEN + 1, 5, now),
+            Err(InvalidLock::Token)
+        );
     }
 
     #[test]
@@ -430,75 +995,5 @@ mod tests {
         // The clock part alone stays below MAX_RESTORED_TOKEN until 2213.
         let year_2213_ms: u64 = 7_696_581_394_432;
         assert!(year_2213_ms << TOKEN_CLOCK_SHIFT <= MAX_RESTORED_TOKEN);
-    }
-
-    #[test]
-    fn loaded_locks_obey_the_command_rules() {
-        let now = 1_000_000;
-        let ok = Lock::from_loaded(LoadedFrom::Restore, b"o", 2, 9, now + 5, now);
-        assert_eq!(
-            ok.map(|l| (l.holds, l.token, l.deadline_ms)),
-            Ok((2, 9, now + 5))
-        );
-        // A deadline in the past is fine: expired at once.
-        assert!(Lock::from_loaded(LoadedFrom::Restore, b"o", 1, 9, 1, now).is_ok());
-        let max_ahead = now + MAX_LOADED_DEADLINE_AHEAD_MS;
-        assert!(Lock::from_loaded(LoadedFrom::Restore, b"o", 1, 9, max_ahead, now).is_ok());
-        assert!(
-            Lock::from_loaded(LoadedFrom::Restore, &[0u8; MAX_OWNER_LEN], 1, 9, 5, now).is_ok()
-        );
-        assert!(Lock::from_loaded(
-            LoadedFrom::Restore,
-            b"o",
-            i64::MAX as u64,
-            MAX_RESTORED_TOKEN,
-            5,
-            now
-        )
-        .is_ok());
-        let cases: &[(&[u8], u64, u64, u64, InvalidLock)] = &[
-            (b"", 1, 9, 5, InvalidLock::Owner),
-            (&[b'x'; MAX_OWNER_LEN + 1], 1, 9, 5, InvalidLock::Owner),
-            (b"o", 0, 9, 5, InvalidLock::Holds),
-            (b"o", i64::MAX as u64 + 1, 9, 5, InvalidLock::Holds),
-            (b"o", 1, 0, 5, InvalidLock::Token),
-            (b"o", 1, MAX_RESTORED_TOKEN + 1, 5, InvalidLock::Token),
-            (b"o", 1, u64::MAX, 5, InvalidLock::Token),
-            (b"o", 1, 9, 0, InvalidLock::Deadline),
-            (b"o", 1, 9, max_ahead + 1, InvalidLock::Deadline),
-            (b"o", 1, 9, 1 << 63, InvalidLock::Deadline),
-        ];
-        for (owner, holds, token, deadline, want) in cases {
-            assert_eq!(
-                Lock::from_loaded(LoadedFrom::Restore, owner, *holds, *token, *deadline, now),
-                Err(*want),
-                "{holds} {token} {deadline}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_server_reloads_every_token_it_can_issue_but_a_restore_stops_lower() {
-        // After a RESTORE at the limit the server issues tokens above it;
-        // its own files (and its replicas) must still take them.
-        let mut g = TokenGenerator::default();
-        g.observe(MAX_RESTORED_TOKEN);
-        let issued = g.next(1).unwrap_or(0);
-        assert!(issued > MAX_RESTORED_TOKEN);
-        let now = 1_000;
-        assert!(Lock::from_loaded(LoadedFrom::Server, b"o", 1, issued, 5, now).is_ok());
-        assert!(Lock::from_loaded(LoadedFrom::Server, b"o", 1, MAX_TOKEN, 5, now).is_ok());
-        assert_eq!(
-            Lock::from_loaded(LoadedFrom::Restore, b"o", 1, issued, 5, now),
-            Err(InvalidLock::Token)
-        );
-        assert_eq!(
-            Lock::from_loaded(LoadedFrom::Server, b"o", 1, MAX_TOKEN + 1, 5, now),
-            Err(InvalidLock::Token)
-        );
-        assert_eq!(
-            Lock::from_loaded(LoadedFrom::Server, b"o", 1, 0, 5, now),
-            Err(InvalidLock::Token)
-        );
     }
 }

@@ -1,12 +1,14 @@
 //! Wait queues: clients blocked in `LOCK.ACQUIRE ... WAIT`, one strict FIFO
-//! queue per `(db, key)`, and the hand-off rule that picks who gets a lock
-//! the moment it becomes free.
+//! queue per `(db, key)` for every kind, and the hand-off rule that picks
+//! who is served the moment capacity is freed.
 //!
 //! Plain Rust: a waiter is identified by an opaque `WaiterId` (the command
 //! layer uses the blocked-client handle's address). Waiters are never
 //! persisted; they live only as long as their clients stay blocked.
 
 use std::collections::{HashMap, VecDeque};
+
+use super::lock::{Admit, FencingToken, Lock, Refusal, TokenGenerator, Want};
 
 /// Opaque identity of a blocked client.
 pub type WaiterId = usize;
@@ -21,6 +23,8 @@ pub struct Waiter {
     pub id: WaiterId,
     /// The owner it acquires for.
     pub owner: Vec<u8>,
+    /// What it asks for.
+    pub want: Want,
     /// The lease it asked for, applied from the moment of the hand-off.
     pub ttl_ms: u64,
     /// When its wait ends (Unix ms), or `None` for `WAIT 0`.
@@ -35,15 +39,20 @@ impl Waiter {
     }
 }
 
-/// Who gets a lock that just became free.
+/// What serving a key's queue did: who was answered, and which holders of
+/// the lock changed (to store, schedule and replicate).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct HandOff {
+pub struct Service {
     /// Waiters found past their wait deadline: answer nil.
     pub timed_out: Vec<Waiter>,
-    /// The new holder (fresh grant), if anyone was waiting.
-    pub granted: Option<Waiter>,
-    /// Further waiters for the same owner: they re-enter at once.
-    pub reentrant: Vec<Waiter>,
+    /// Waiters answered with an error (wrong kind, upgrade, no token left).
+    pub refused: Vec<(Waiter, Refusal)>,
+    /// Waiters granted, with their token, and whether the grant was fresh
+    /// (a new holder) rather than a re-entry.
+    pub granted: Vec<(Waiter, FencingToken, bool)>,
+    /// Holders (by index) that changed, each with its deadline before the
+    /// service (`None`: a new holder).
+    pub touched: Vec<(usize, Option<u64>)>,
 }
 
 /// All wait queues.
@@ -100,13 +109,29 @@ impl WaitQueues {
         self.location.is_empty()
     }
 
-    /// Picks who gets the lock on `key`, which just became free at `now_ms`:
-    /// the first waiter still within its wait (strict FIFO), plus every other
-    /// queued waiter for that same owner (they re-enter). Waiters found past
-    /// their deadline on the way are returned to be answered nil. All of them
-    /// leave the queue.
-    pub fn hand_off(&mut self, db: i32, key: &[u8], now_ms: u64) -> HandOff {
-        let mut out = HandOff::default();
+    /// Serves the queue of `key` against its `lock` (empty when the key is
+    /// free) at `now_ms`, in the same event that freed capacity or granted
+    /// a share:
+    /// - from the head, in strict FIFO order, every waiter that can be
+    ///   granted is (consecutive readers together; semaphore waiters while
+    ///   permits suffice); a waiter whose request is of the wrong kind, or
+    ///   an upgrade, is refused; the first that must go on waiting stops it;
+    /// - then, further back, waiters of an owner that already holds the lock
+    ///   and ask for a re-entry (`SHARED`, or exclusive when it holds it
+    ///   exclusively) are granted at once;
+    /// - waiters found past their wait deadline on the way are answered nil.
+    ///
+    /// A fresh grant takes a new token from `tokens`. Holders are only added
+    /// or changed, never removed, so the indices in `touched` stay valid.
+    pub fn serve(
+        &mut self,
+        db: i32,
+        key: &[u8],
+        lock: &mut Lock,
+        tokens: &mut TokenGenerator,
+        now_ms: u64,
+    ) -> Service {
+        let mut out = Service::default();
         if self.location.is_empty() {
             return out;
         }
@@ -114,54 +139,44 @@ impl WaitQueues {
         let Some(q) = self.queues.get_mut(&k) else {
             return out;
         };
-        while let Some(w) = q.pop_front() {
-            self.location.remove(&w.id);
-            if w.gave_up(now_ms) {
-                out.timed_out.push(w);
+        while let Some(head) = q.front() {
+            let verdict = if head.gave_up(now_ms) {
+                None
             } else {
-                out.granted = Some(w);
-                break;
+                match lock.admit(&head.owner, head.want, true) {
+                    Admit::Busy => break,
+                    verdict => Some(verdict),
+                }
+            };
+            let Some(w) = q.pop_front() else { break };
+            self.location.remove(&w.id);
+            match verdict {
+                None => out.timed_out.push(w),
+                Some(verdict) => grant(lock, tokens, now_ms, w, verdict, &mut out),
             }
         }
-        if let Some(holder) = &out.granted {
-            let (same, rest): (VecDeque<Waiter>, VecDeque<Waiter>) =
-                q.drain(..).partition(|w| w.owner == holder.owner);
-            *q = rest;
-            for w in same {
-                self.location.remove(&w.id);
-                if w.gave_up(now_ms) {
-                    out.timed_out.push(w);
-                } else {
-                    out.reentrant.push(w);
+        if lock.limit == 0 && !lock.is_empty() && !q.is_empty() {
+            let mut rest = VecDeque::with_capacity(q.len());
+            for w in q.drain(..) {
+                let reentry = lock.find(&w.owner).filter(|&i| match w.want {
+                    Want::Shared => true,
+                    Want::Exclusive => lock.holders.get(i).is_some_and(|h| h.exclusive > 0),
+                    Want::Permits { .. } => false,
+                });
+                match reentry {
+                    Some(i) if !w.gave_up(now_ms) => {
+                        self.location.remove(&w.id);
+                        grant(lock, tokens, now_ms, w, Admit::Reenter(i), &mut out);
+                    }
+                    _ => rest.push_back(w),
                 }
             }
+            *q = rest;
         }
         if q.is_empty() {
             self.queues.remove(&k);
         }
         out
-    }
-
-    /// Takes every waiter for `owner` on `key` (they re-enter a lock that
-    /// owner already holds).
-    pub fn take_owner(&mut self, db: i32, key: &[u8], owner: &[u8]) -> Vec<Waiter> {
-        if self.location.is_empty() {
-            return Vec::new();
-        }
-        let k: QueueKey = (db, key.into());
-        let Some(q) = self.queues.get_mut(&k) else {
-            return Vec::new();
-        };
-        let (same, rest): (VecDeque<Waiter>, VecDeque<Waiter>) =
-            q.drain(..).partition(|w| w.owner == owner);
-        *q = rest;
-        if q.is_empty() {
-            self.queues.remove(&k);
-        }
-        for w in &same {
-            self.location.remove(&w.id);
-        }
-        same.into()
     }
 
     /// Removes and returns every waiter of a key.
@@ -185,77 +200,216 @@ impl WaitQueues {
     }
 }
 
+/// Applies one waiter's verdict to the lock and records it.
+fn grant(
+    lock: &mut Lock,
+    tokens: &mut TokenGenerator,
+    now_ms: u64,
+    w: Waiter,
+    verdict: Admit,
+    out: &mut Service,
+) {
+    match verdict {
+        Admit::Fresh => match tokens.next(now_ms) {
+            Ok(token) => {
+                let i = lock.add(&w.owner, w.want, token, now_ms, w.ttl_ms);
+                out.touched.push((i, None));
+                out.granted.push((w, token, true));
+            }
+            Err(_) => out.refused.push((w, Refusal::TokensExhausted)),
+        },
+        Admit::Reenter(i) => {
+            let before = lock.holders.get(i).map(|h| h.deadline_ms);
+            if !out.touched.iter().any(|(j, _)| *j == i) {
+                out.touched.push((i, before));
+            }
+            if let Some(token) = lock.reenter(i, w.want, now_ms, w.ttl_ms) {
+                out.granted.push((w, token, false));
+            }
+        }
+        Admit::Refused(why) => out.refused.push((w, why)),
+        Admit::Busy => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::lock::Mode;
 
-    fn w(id: usize, owner: &str, deadline: Option<u64>) -> Waiter {
+    const X: Want = Want::Exclusive;
+    const S: Want = Want::Shared;
+
+    fn w(id: usize, owner: &str, want: Want, deadline: Option<u64>) -> Waiter {
         Waiter {
             id,
             owner: owner.as_bytes().to_vec(),
+            want,
             ttl_ms: 1000,
             wait_deadline_ms: deadline,
         }
     }
 
+    fn ids(ws: &[(Waiter, FencingToken, bool)]) -> Vec<usize> {
+        ws.iter().map(|(w, _, _)| w.id).collect()
+    }
+
+    fn serve(q: &mut WaitQueues, lock: &mut Lock, now: u64) -> Service {
+        let mut tokens = TokenGenerator::default();
+        tokens.observe(100);
+        q.serve(0, b"k", lock, &mut tokens, now)
+    }
+
     #[test]
-    fn hand_off_is_first_in_first_out() {
+    fn exclusive_hand_off_is_first_in_first_out() {
         let mut q = WaitQueues::default();
-        q.push(0, b"k", w(1, "a", None));
-        q.push(0, b"k", w(2, "b", None));
-        q.push(0, b"k", w(3, "c", None));
-        assert_eq!(q.hand_off(0, b"k", 0).granted.map(|w| w.id), Some(1));
-        assert_eq!(q.hand_off(0, b"k", 0).granted.map(|w| w.id), Some(2));
-        assert_eq!(q.len(0, b"k"), 1);
+        for (id, o) in [(1, "a"), (2, "b"), (3, "c")] {
+            q.push(0, b"k", w(id, o, X, None));
+        }
+        let mut lock = Lock::default();
+        let s = serve(&mut q, &mut lock, 0);
+        assert_eq!(ids(&s.granted), vec![1]);
+        assert_eq!(s.touched, vec![(0, None)]);
+        assert_eq!(lock.holders[0].owner.as_slice(), b"a");
+        assert_eq!(q.len(0, b"k"), 2);
+        let mut lock = Lock::default();
+        assert_eq!(ids(&serve(&mut q, &mut lock, 0).granted), vec![2]);
         assert_eq!(q.total(), 1);
+    }
+
+    #[test]
+    fn consecutive_readers_at_the_head_are_granted_together() {
+        let mut q = WaitQueues::default();
+        q.push(0, b"k", w(1, "r1", S, None));
+        q.push(0, b"k", w(2, "r2", S, None));
+        q.push(0, b"k", w(3, "w", X, None));
+        q.push(0, b"k", w(4, "r3", S, None));
+        let mut lock = Lock::default();
+        let s = serve(&mut q, &mut lock, 0);
+        assert_eq!(ids(&s.granted), vec![1, 2]);
+        let tokens: Vec<_> = s.granted.iter().map(|g| g.1).collect();
+        assert!(tokens[0] < tokens[1], "each reader its own, newer token");
+        // The writer stops the service; the reader behind it waits.
+        assert_eq!(q.len(0, b"k"), 2);
+        assert_eq!(lock.mode(), Mode::Shared);
+    }
+
+    #[test]
+    fn a_writer_waits_for_every_reader_then_readers_wait_for_it() {
+        let mut q = WaitQueues::default();
+        q.push(0, b"k", w(1, "w", X, None));
+        q.push(0, b"k", w(2, "r", S, None));
+        let mut lock = Lock::grant(b"r0", S, 1, 0, 100);
+        assert!(serve(&mut q, &mut lock, 0).granted.is_empty());
+        lock.remove(0);
+        let s = serve(&mut q, &mut lock, 0);
+        assert_eq!(ids(&s.granted), vec![1]);
+        assert_eq!(q.len(0, b"k"), 1);
+    }
+
+    #[test]
+    fn semaphore_waiters_are_strictly_fifo() {
+        let mut q = WaitQueues::default();
+        let p = |count| Want::Permits { limit: 4, count };
+        q.push(0, b"k", w(1, "big", p(3), None));
+        q.push(0, b"k", w(2, "small", p(1), None));
+        let mut lock = Lock::grant(b"h", p(2), 1, 0, 100);
+        // Two permits free: the head needs three, and the later one needing
+        // one does not overtake it.
+        assert!(serve(&mut q, &mut lock, 0).granted.is_empty());
+        assert_eq!(lock.release(b"h", 1).map(|r| r.0), Ok(0));
+        let s = serve(&mut q, &mut lock, 0);
+        assert_eq!(ids(&s.granted), vec![1]);
+        assert_eq!(lock.available(), 0);
+        assert_eq!(q.len(0, b"k"), 1);
     }
 
     #[test]
     fn waiter_past_its_deadline_is_never_granted() {
         let mut q = WaitQueues::default();
-        q.push(0, b"k", w(1, "a", Some(100)));
-        q.push(0, b"k", w(2, "b", Some(300)));
-        let h = q.hand_off(0, b"k", 100);
+        q.push(0, b"k", w(1, "a", X, Some(100)));
+        q.push(0, b"k", w(2, "b", X, Some(300)));
+        let mut lock = Lock::default();
+        let s = serve(&mut q, &mut lock, 100);
         assert_eq!(
-            h.timed_out.iter().map(|w| w.id).collect::<Vec<_>>(),
+            s.timed_out.iter().map(|w| w.id).collect::<Vec<_>>(),
             vec![1]
         );
-        assert_eq!(h.granted.map(|w| w.id), Some(2));
+        assert_eq!(ids(&s.granted), vec![2]);
         assert!(q.is_empty());
     }
 
     #[test]
-    fn same_owner_waiters_reenter_with_the_new_holder() {
+    fn holders_reenter_from_anywhere_in_the_queue() {
         let mut q = WaitQueues::default();
-        q.push(0, b"k", w(1, "a", None));
-        q.push(0, b"k", w(2, "b", None));
-        q.push(0, b"k", w(3, "a", None));
-        let h = q.hand_off(0, b"k", 0);
-        assert_eq!(h.granted.map(|w| w.id), Some(1));
+        q.push(0, b"k", w(1, "a", X, None));
+        q.push(0, b"k", w(2, "b", X, None));
+        q.push(0, b"k", w(3, "a", X, None));
+        q.push(0, b"k", w(4, "a", S, None));
+        let mut lock = Lock::default();
+        let s = serve(&mut q, &mut lock, 0);
+        assert_eq!(ids(&s.granted), vec![1, 3, 4]);
         assert_eq!(
-            h.reentrant.iter().map(|w| w.id).collect::<Vec<_>>(),
-            vec![3]
+            s.granted.iter().map(|g| g.2).collect::<Vec<_>>(),
+            vec![true, false, false]
         );
+        assert_eq!(s.touched, vec![(0, None)]);
+        assert_eq!((lock.holders[0].exclusive, lock.holders[0].shared), (2, 1));
         assert_eq!(q.len(0, b"k"), 1);
+    }
+
+    #[test]
+    fn wrong_kinds_and_upgrades_at_the_head_are_refused() {
+        let mut q = WaitQueues::default();
+        q.push(0, b"k", w(1, "r", X, None));
+        q.push(
+            0,
+            b"k",
+            w(2, "z", Want::Permits { limit: 2, count: 1 }, None),
+        );
+        q.push(0, b"k", w(3, "r2", S, None));
+        let mut lock = Lock::grant(b"r", S, 1, 0, 100);
+        let s = serve(&mut q, &mut lock, 0);
+        assert_eq!(
+            s.refused
+                .iter()
+                .map(|(w, r)| (w.id, *r))
+                .collect::<Vec<_>>(),
+            vec![(1, Refusal::Upgrade), (2, Refusal::NotSemaphore)]
+        );
+        assert_eq!(ids(&s.granted), vec![3]);
+    }
+
+    #[test]
+    fn no_token_left_refuses_fresh_grants() {
+        let mut q = WaitQueues::default();
+        q.push(0, b"k", w(1, "a", X, None));
+        let mut tokens = TokenGenerator::default();
+        tokens.observe(crate::rules::lock::MAX_TOKEN);
+        let mut lock = Lock::default();
+        let s = q.serve(0, b"k", &mut lock, &mut tokens, 0);
+        assert_eq!(s.refused.len(), 1);
+        assert!(lock.is_empty());
     }
 
     #[test]
     fn removed_waiter_leaves_the_queue() {
         let mut q = WaitQueues::default();
-        q.push(0, b"k", w(1, "a", None));
-        q.push(0, b"k", w(2, "b", None));
+        q.push(0, b"k", w(1, "a", X, None));
+        q.push(0, b"k", w(2, "b", X, None));
         assert_eq!(q.remove(1).map(|w| w.id), Some(1));
         assert_eq!(q.remove(1), None);
-        assert_eq!(q.hand_off(0, b"k", 0).granted.map(|w| w.id), Some(2));
+        let mut lock = Lock::default();
+        assert_eq!(ids(&serve(&mut q, &mut lock, 0).granted), vec![2]);
         assert_eq!(q.remove(2), None);
     }
 
     #[test]
     fn queues_are_per_db_and_key() {
         let mut q = WaitQueues::default();
-        q.push(0, b"k", w(1, "a", None));
-        q.push(1, b"k", w(2, "a", None));
-        q.push(0, b"j", w(3, "a", None));
+        q.push(0, b"k", w(1, "a", X, None));
+        q.push(1, b"k", w(2, "a", X, None));
+        q.push(0, b"j", w(3, "a", X, None));
         assert_eq!(q.len(0, b"k"), 1);
         assert_eq!(q.waiting(1, b"k"), 1);
         assert_eq!(q.keys(Some(0)).len(), 2);
@@ -265,19 +419,10 @@ mod tests {
     }
 
     #[test]
-    fn take_owner_takes_only_that_owner() {
+    fn serving_with_nobody_waiting_changes_nothing() {
         let mut q = WaitQueues::default();
-        q.push(0, b"k", w(1, "a", None));
-        q.push(0, b"k", w(2, "b", None));
-        q.push(0, b"k", w(3, "a", None));
-        assert_eq!(q.take_owner(0, b"k", b"a").len(), 2);
-        assert_eq!(q.total(), 1);
-        assert_eq!(q.remove(3), None);
-    }
-
-    #[test]
-    fn hand_off_with_nobody_waiting_grants_nobody() {
-        let mut q = WaitQueues::default();
-        assert_eq!(q.hand_off(0, b"k", 0), HandOff::default());
+        let mut lock = Lock::default();
+        assert_eq!(serve(&mut q, &mut lock, 0), Service::default());
+        assert!(lock.is_empty());
     }
 }

@@ -76,7 +76,13 @@ pub fn info(c: &mut impl ConnectionLike, key: &str) -> Option<LockInfo> {
         .iter()
         .map(|(n, _)| redis::from_redis_value_ref(n).expect("field name"))
         .collect();
-    assert_eq!(names, ["owner", "holds", "ttl", "token", "waiters"]);
+    if names.first().map(String::as_str) == Some("mode") {
+        // A shared or semaphore key (see testkit::family for those shapes).
+        panic!("LOCK.INFO {key}: not an exclusive lock: {names:?}");
+    }
+    assert_eq!(names, ["owner", "holds", "ttl", "token", "waiters", "mode"]);
+    let mode: String = redis::from_redis_value_ref(&pairs[5].1).expect("mode");
+    assert_eq!(mode, "exclusive");
     let int =
         |i: usize| -> i64 { redis::from_redis_value_ref(&pairs[i].1).expect("integer field") };
     Some(LockInfo {
