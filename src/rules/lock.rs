@@ -358,7 +358,14 @@ impl Lock {
             },
             (0, Want::Shared) => match mine {
                 Some(i) => Admit::Reenter(i),
-                None if self.mode() == Mode::Exclusive || !nobody_waits => Admit::Busy,
+                // At most MAX_HOLDERS readers at once (what a file may hold
+                // and load again); more wait for one to leave.
+                None if self.mode() == Mode::Exclusive
+                    || !nobody_waits
+                    || self.holders.len() as u64 >= MAX_HOLDERS =>
+                {
+                    Admit::Busy
+                }
                 None => Admit::Fresh,
             },
             (l, Want::Permits { limit, count }) if l == limit => {
@@ -673,6 +680,16 @@ mod tests {
         // ... but a reader that already holds re-enters at once.
         assert_eq!(l.admit(b"r2", S, false), Admit::Reenter(1));
         assert_eq!(l.admit(b"w", X, true), Admit::Busy);
+        // No more readers than a file may hold and load again.
+        let mut full = Lock::grant(b"r0", S, 1, 0, 100);
+        for i in 1..MAX_HOLDERS {
+            full.holders.push(Holder {
+                owner: Owner::from_slice(&i.to_le_bytes()),
+                ..full.holders[0].clone()
+            });
+        }
+        assert_eq!(full.admit(b"one-more", S, true), Admit::Busy);
+        assert_eq!(full.admit(b"r0", S, true), Admit::Reenter(0));
     }
 
     #[test]
