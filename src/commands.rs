@@ -29,7 +29,7 @@ fn bad(e: ArgError) -> RedisError {
 }
 
 /// Parses the arguments after the command name with `parse`, without
-/// allocating (no command takes more than nine; anything past twelve is
+/// allocating (no command takes more than eleven; anything past twelve is
 /// dropped, which leaves the request invalid, as it was); returns the key
 /// name with the request.
 fn parsed<'a, R>(
@@ -69,11 +69,23 @@ fn integer(v: u64) -> RedisValue {
 /// `LOCK.ACQUIRE key owner ttl-ms [SHARED | LIMIT permits [COUNT n]] [WAIT timeout-ms]`
 pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     on_key(ctx, &args, args::acquire, |key, req, now| {
-        let Some(lock) = key.current(now)? else {
+        let current = key.current(now)?;
+        if let (Some(id), Some(lock)) = (req.id, current.as_deref()) {
+            if let Some(reply) = lock.answered(req.owner, id) {
+                // A retry of an acquire this owner already had applied.
+                bump(&STATS.retries_answered);
+                return Ok(integer(reply));
+            }
+        }
+        let Some(lock) = current else {
             // A free key: the first grant sets its kind.
             let (token, others_wait) = state::with(|s| (s.tokens.next(now), !s.queues.is_empty()));
             let token = token.map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
-            key.store_new(Lock::grant(req.owner, req.want, token, now, req.ttl_ms))?;
+            let mut lock = Lock::grant(req.owner, req.want, token, now, req.ttl_ms);
+            if let Some(h) = lock.holders.first_mut() {
+                h.remember(req.id, token);
+            }
+            key.store_new(lock)?;
             count_grant(req.want);
             if others_wait {
                 // Waiters of this owner re-enter at once.
@@ -86,6 +98,9 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 let token = state::with(|s| s.tokens.next(now))
                     .map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
                 let i = lock.add(req.owner, req.want, token, now, req.ttl_ms);
+                if let Some(h) = lock.holders.get_mut(i) {
+                    h.remember(req.id, token);
+                }
                 key.holder_changed(lock, i, None);
                 count_grant(req.want);
                 Ok(integer(token))
@@ -95,6 +110,9 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 let token = lock
                     .reenter(i, req.want, now, req.ttl_ms)
                     .ok_or(RedisError::Str("ERR lock changed hands"))?;
+                if let Some(h) = lock.holders.get_mut(i) {
+                    h.remember(req.id, token);
+                }
                 key.holder_changed(lock, i, before);
                 bump(&STATS.reentries);
                 Ok(integer(token))
@@ -132,13 +150,21 @@ pub fn renew(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
 }
 
-/// `LOCK.RELEASE key owner [COUNT n]`
+/// `LOCK.RELEASE key owner [COUNT n] [ID request-id]`
 pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     on_key(ctx, &args, args::release, |key, req, now| {
         if let Some(lock) = key.current(now)? {
+            if let Some(reply) = req.id.and_then(|id| lock.answered(req.owner, id)) {
+                // A retry of a release this owner already had applied.
+                bump(&STATS.retries_answered);
+                return Ok(integer(reply));
+            }
             match lock.release(req.owner, req.count) {
                 Ok((i, Released::StillHeld(left))) => {
                     let deadline = lock.holders.get(i).map(|h| h.deadline_ms);
+                    if let Some(h) = lock.holders.get_mut(i) {
+                        h.remember(req.id, left);
+                    }
                     key.holder_changed(lock, i, deadline);
                     bump(&STATS.releases);
                     // Permits returned, or an exclusive hold given up:
@@ -257,6 +283,7 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             shared,
             token,
             deadline_ms,
+            memo,
         } => {
             let holder = Holder::from_loaded(
                 LoadedFrom::Server,
@@ -265,6 +292,7 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 shared,
                 token,
                 deadline_ms,
+                memo,
                 now,
             )
             .map_err(refused)?;

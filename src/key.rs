@@ -208,6 +208,10 @@ impl<'a> LockKey<'a> {
         for (w, why) in &service.refused {
             calls::unblock_client(w.id, WaitOutcome::Error(why.reply()));
         }
+        for (w, reply) in &service.answered {
+            bump(&STATS.retries_answered);
+            calls::unblock_client(w.id, WaitOutcome::Granted(*reply));
+        }
         if service.granted.is_empty() {
             return Ok(());
         }

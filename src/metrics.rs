@@ -16,6 +16,7 @@ pub struct Stats {
     pub grants: AtomicU64,
     pub shared_grants: AtomicU64,
     pub semaphore_grants: AtomicU64,
+    pub retries_answered: AtomicU64,
     pub reentries: AtomicU64,
     pub denied: AtomicU64,
     pub renewals: AtomicU64,
@@ -35,6 +36,7 @@ pub static STATS: Stats = Stats {
     grants: AtomicU64::new(0),
     shared_grants: AtomicU64::new(0),
     semaphore_grants: AtomicU64::new(0),
+    retries_answered: AtomicU64::new(0),
     reentries: AtomicU64::new(0),
     denied: AtomicU64::new(0),
     renewals: AtomicU64::new(0),
@@ -73,7 +75,7 @@ pub fn lock_freed() {
 pub fn write_info(ctx: &InfoContext) {
     let (waiters, leases) = state::with(|s| (s.queues.total(), s.schedule.len()));
     let held = STATS.held.load(Ordering::Relaxed).max(0);
-    let fields: [(&str, i64); 17] = [
+    let fields: [(&str, i64); 18] = [
         ("held", held),
         ("waiters", i64::try_from(waiters).unwrap_or(i64::MAX)),
         (
@@ -94,6 +96,7 @@ pub fn write_info(ctx: &InfoContext) {
         ("wait_abandoned", read(&STATS.wait_abandoned)),
         ("shared_grants", read(&STATS.shared_grants)),
         ("semaphore_grants", read(&STATS.semaphore_grants)),
+        ("retries_answered", read(&STATS.retries_answered)),
     ];
     let built = fields
         .iter()

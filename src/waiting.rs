@@ -35,6 +35,7 @@ pub fn block(
         id,
         owner: req.owner.to_vec(),
         want: req.want,
+        request_id: req.id.map(<[u8]>::to_vec),
         ttl_ms: req.ttl_ms,
         wait_deadline_ms: wait_ms.map(|ms| now_ms.saturating_add(ms)),
     };

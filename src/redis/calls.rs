@@ -368,21 +368,47 @@ pub(super) fn emit_apply(
                 } else {
                     (text(h.exclusive), c"SHARED", text(h.shared))
                 };
-                // SAFETY: as above, with "sbccccc".
-                unsafe {
-                    emit(
-                        aof,
-                        c"LOCK.APPLY".as_ptr(),
-                        c"sbccccc".as_ptr(),
-                        key,
-                        h.owner.as_ptr(),
-                        h.owner.len(),
-                        n.as_ptr(),
-                        token.as_ptr(),
-                        deadline.as_ptr(),
-                        kind.as_ptr(),
-                        m.as_ptr(),
-                    );
+                match &h.memo {
+                    // SAFETY: as above, with "sbccccc".
+                    None => unsafe {
+                        emit(
+                            aof,
+                            c"LOCK.APPLY".as_ptr(),
+                            c"sbccccc".as_ptr(),
+                            key,
+                            h.owner.as_ptr(),
+                            h.owner.len(),
+                            n.as_ptr(),
+                            token.as_ptr(),
+                            deadline.as_ptr(),
+                            kind.as_ptr(),
+                            m.as_ptr(),
+                        );
+                    },
+                    Some(memo) => {
+                        let reply = text(memo.reply);
+                        // SAFETY: as above, with "sbccccccbc" (the
+                        // remembered request's id buffer and its reply).
+                        unsafe {
+                            emit(
+                                aof,
+                                c"LOCK.APPLY".as_ptr(),
+                                c"sbccccccbc".as_ptr(),
+                                key,
+                                h.owner.as_ptr(),
+                                h.owner.len(),
+                                n.as_ptr(),
+                                token.as_ptr(),
+                                deadline.as_ptr(),
+                                kind.as_ptr(),
+                                m.as_ptr(),
+                                c"ID".as_ptr(),
+                                memo.id.as_ptr(),
+                                memo.id.len(),
+                                reply.as_ptr(),
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -403,7 +429,11 @@ enum Share {
 fn share_form(lock: &Lock, i: usize) -> Share {
     match (lock.mode(), lock.holders.get(i)) {
         (Mode::Semaphore, _) => Share::Permits,
-        (Mode::Exclusive, Some(h)) if h.shared == 0 && lock.holders.len() == 1 => Share::Exclusive,
+        (Mode::Exclusive, Some(h))
+            if h.shared == 0 && h.memo.is_none() && lock.holders.len() == 1 =>
+        {
+            Share::Exclusive
+        }
         _ => Share::Shared,
     }
 }
@@ -472,21 +502,44 @@ pub fn replicate_share(ctx: &Context, key: &RedisString, lock: &Lock, i: usize) 
                 Share::Permits => (h.shared, c"LIMIT", u64::from(lock.limit)),
                 _ => (h.exclusive, c"SHARED", h.shared),
             };
-            // SAFETY: as above, with "sblllcl".
-            unsafe {
-                replicate(
-                    ctx.ctx,
-                    c"LOCK.APPLY".as_ptr(),
-                    c"sblllcl".as_ptr(),
-                    key.inner,
-                    h.owner.as_ptr(),
-                    h.owner.len(),
-                    as_i64(n),
-                    as_i64(h.token),
-                    as_i64(h.deadline_ms),
-                    kind.as_ptr(),
-                    as_i64(m),
-                );
+            match &h.memo {
+                // SAFETY: as above, with "sblllcl".
+                None => unsafe {
+                    replicate(
+                        ctx.ctx,
+                        c"LOCK.APPLY".as_ptr(),
+                        c"sblllcl".as_ptr(),
+                        key.inner,
+                        h.owner.as_ptr(),
+                        h.owner.len(),
+                        as_i64(n),
+                        as_i64(h.token),
+                        as_i64(h.deadline_ms),
+                        kind.as_ptr(),
+                        as_i64(m),
+                    );
+                },
+                // SAFETY: as above, with "sblllclcbl" (the remembered
+                // request: "ID", its id buffer, its reply).
+                Some(memo) => unsafe {
+                    replicate(
+                        ctx.ctx,
+                        c"LOCK.APPLY".as_ptr(),
+                        c"sblllclcbl".as_ptr(),
+                        key.inner,
+                        h.owner.as_ptr(),
+                        h.owner.len(),
+                        as_i64(n),
+                        as_i64(h.token),
+                        as_i64(h.deadline_ms),
+                        kind.as_ptr(),
+                        as_i64(m),
+                        c"ID".as_ptr(),
+                        memo.id.as_ptr(),
+                        memo.id.len(),
+                        as_i64(memo.reply),
+                    );
+                },
             }
         }
     }

@@ -2,7 +2,7 @@
 //! bytes into typed requests, or into an error reply that starts with `ERR`.
 //! Plain Rust; nothing here touches the server.
 
-use super::lock::{Want, MAX_HOLDS, MAX_OWNER_LEN, MAX_PERMITS, MAX_TTL_MS};
+use super::lock::{Want, MAX_HOLDS, MAX_OWNER_LEN, MAX_PERMITS, MAX_REQUEST_ID_LEN, MAX_TTL_MS};
 
 /// A rejected command: the full error reply text (it starts with a code).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub struct Acquire<'a> {
     pub ttl_ms: u64,
     pub want: Want,
     pub wait: Wait,
+    /// `ID request-id`: a retry with the same id is answered, not applied.
+    pub id: Option<&'a [u8]>,
 }
 
 /// `LOCK.RENEW key owner ttl-ms`
@@ -45,6 +47,8 @@ pub struct Renew<'a> {
 pub struct Release<'a> {
     pub owner: &'a [u8],
     pub count: u64,
+    /// `ID request-id`.
+    pub id: Option<&'a [u8]>,
 }
 
 /// `LOCK.FORCERELEASE key [owner]`
@@ -76,6 +80,8 @@ pub enum Apply<'a> {
         shared: u64,
         token: u64,
         deadline_ms: u64,
+        /// `... ID request-id reply`: the owner's last request and its reply.
+        memo: Option<(&'a [u8], u64)>,
     },
     /// `key owner DROP`: this owner's share leaves the key.
     Drop { owner: &'a [u8] },
@@ -85,10 +91,12 @@ pub const ERR_TTL: &str = "ERR ttl-ms must be an integer from 1 to 2592000000 (3
 pub const ERR_WAIT: &str =
     "ERR WAIT timeout-ms must be an integer from 0 (no limit) to 2592000000 (30 days)";
 pub const ERR_OWNER: &str = "ERR owner must be 1 to 1024 bytes long";
-pub const ERR_OPTION: &str = "ERR syntax error: options are SHARED, LIMIT permits [COUNT n] and WAIT timeout-ms, each once, SHARED and LIMIT not together";
+pub const ERR_OPTION: &str = "ERR syntax error: options are SHARED, LIMIT permits [COUNT n], WAIT timeout-ms and ID request-id, each once, SHARED and LIMIT not together";
+pub const ERR_ID: &str = "ERR ID request-id must be 1 to 64 bytes long";
 pub const ERR_LIMIT: &str = "ERR LIMIT permits must be an integer from 1 to 1000000";
 pub const ERR_COUNT: &str = "ERR COUNT n must be an integer from 1 to the LIMIT";
-pub const ERR_RELEASE_OPTION: &str = "ERR syntax error: the only option is COUNT n";
+pub const ERR_RELEASE_OPTION: &str =
+    "ERR syntax error: the options are COUNT n and ID request-id, each once";
 pub const ERR_RELEASE_COUNT: &str = "ERR COUNT n must be an integer from 1 to 2^63-1";
 pub const ERR_APPLY: &str =
     "ERR LOCK.APPLY needs integers: holds 0..2^63-1 (>= 1 in all), token >= 1, deadline-ms >= 1, SHARED n or LIMIT 1..1000000";
@@ -106,6 +114,13 @@ fn parse_ttl(raw: &[u8]) -> Result<u64, ArgError> {
         Some(t) if (1..=MAX_TTL_MS).contains(&t) => Ok(t),
         _ => Err(ArgError::Invalid(ERR_TTL)),
     }
+}
+
+fn parse_id(raw: &[u8]) -> Result<&[u8], ArgError> {
+    if raw.is_empty() || raw.len() > MAX_REQUEST_ID_LEN {
+        return Err(ArgError::Invalid(ERR_ID));
+    }
+    Ok(raw)
 }
 
 fn parse_owner(raw: &[u8]) -> Result<&[u8], ArgError> {
@@ -126,7 +141,7 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, ArgError> {
     let owner = parse_owner(owner)?;
     let ttl_ms = parse_ttl(ttl)?;
     let syntax = Err(ArgError::Invalid(ERR_OPTION));
-    let (mut shared, mut limit, mut count, mut wait) = (false, None, None, None);
+    let (mut shared, mut limit, mut count, mut wait, mut id) = (false, None, None, None, None);
     while let [opt, tail @ ..] = rest {
         let value = tail.first().copied();
         rest = tail;
@@ -144,6 +159,8 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, ArgError> {
                 ERR_LIMIT
             } else if opt.eq_ignore_ascii_case(b"COUNT") {
                 ERR_COUNT
+            } else if opt.eq_ignore_ascii_case(b"ID") {
+                ERR_ID
             } else {
                 ERR_OPTION
             }));
@@ -160,6 +177,8 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, ArgError> {
                 Some(p) if (1..=u64::from(MAX_PERMITS)).contains(&p) => p as u32,
                 _ => return Err(ArgError::Invalid(ERR_LIMIT)),
             });
+        } else if opt.eq_ignore_ascii_case(b"ID") && id.is_none() {
+            id = Some(parse_id(value)?);
         } else if opt.eq_ignore_ascii_case(b"COUNT") && count.is_none() {
             count = Some(match parse_u64(value) {
                 Some(n) if (1..=u64::from(MAX_PERMITS)).contains(&n) => n as u32,
@@ -186,6 +205,7 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, ArgError> {
         ttl_ms,
         want,
         wait: wait.unwrap_or(Wait::No),
+        id,
     })
 }
 
@@ -200,23 +220,40 @@ pub fn renew<'a>(args: &[&'a [u8]]) -> Result<Renew<'a>, ArgError> {
     }
 }
 
-/// Parses the arguments after the command name.
+/// Parses the arguments after the command name: `key owner [COUNT n] [ID
+/// request-id]`, the options in any order.
 pub fn release<'a>(args: &[&'a [u8]]) -> Result<Release<'a>, ArgError> {
-    let (owner, count) = match args {
-        [_key, owner] => (*owner, 1),
-        [_key, owner, opt, n] if opt.eq_ignore_ascii_case(b"COUNT") => match parse_u64(n) {
-            Some(n) if (1..=MAX_HOLDS).contains(&n) => (*owner, n),
-            _ => return Err(ArgError::Invalid(ERR_RELEASE_COUNT)),
-        },
-        [_key, _owner, opt] if opt.eq_ignore_ascii_case(b"COUNT") => {
-            return Err(ArgError::Invalid(ERR_RELEASE_COUNT))
-        }
-        [_key, _owner, ..] => return Err(ArgError::Invalid(ERR_RELEASE_OPTION)),
+    let (owner, mut rest) = match args {
+        [_key, owner, rest @ ..] => (parse_owner(owner)?, rest),
         _ => return Err(ArgError::Arity),
     };
+    let (mut count, mut id) = (None, None);
+    while let [opt, tail @ ..] = rest {
+        let is_count = opt.eq_ignore_ascii_case(b"COUNT");
+        let is_id = opt.eq_ignore_ascii_case(b"ID");
+        let Some(value) = tail.first().copied() else {
+            return Err(ArgError::Invalid(match (is_count, is_id) {
+                (true, _) => ERR_RELEASE_COUNT,
+                (_, true) => ERR_ID,
+                _ => ERR_RELEASE_OPTION,
+            }));
+        };
+        rest = tail.get(1..).unwrap_or_default();
+        if is_count && count.is_none() {
+            count = Some(match parse_u64(value) {
+                Some(n) if (1..=MAX_HOLDS).contains(&n) => n,
+                _ => return Err(ArgError::Invalid(ERR_RELEASE_COUNT)),
+            });
+        } else if is_id && id.is_none() {
+            id = Some(parse_id(value)?);
+        } else {
+            return Err(ArgError::Invalid(ERR_RELEASE_OPTION));
+        }
+    }
     Ok(Release {
-        owner: parse_owner(owner)?,
-        count,
+        owner,
+        count: count.unwrap_or(1),
+        id,
     })
 }
 
@@ -257,7 +294,14 @@ pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
             token: positive(token)?,
             deadline_ms: positive(deadline)?,
         }),
-        [_key, owner, n, token, deadline, kind, m] => {
+        [_key, owner, n, token, deadline, kind, m, memo @ ..] => {
+            let memo = match memo {
+                [] => None,
+                [word, id, reply] if word.eq_ignore_ascii_case(b"ID") => {
+                    Some((parse_id(id).map_err(|_| bad())?, num(reply)?))
+                }
+                _ => return Err(bad()),
+            };
             let owner = parse_owner(owner)?;
             let (n, m) = (num(n)?, num(m)?);
             let (limit, exclusive, shared) = if kind.eq_ignore_ascii_case(b"SHARED") {
@@ -280,6 +324,7 @@ pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
                 shared,
                 token: positive(token)?,
                 deadline_ms: positive(deadline)?,
+                memo,
             })
         }
         _ => Err(ArgError::Arity),
@@ -459,6 +504,37 @@ mod tests {
     #[test]
     fn release_and_force_release_take_their_options() {
         let r = |a: &[&'static str]| release(&v(a)).map(|r| r.count);
+        let id = |a: &[&'static str]| release(&v(a)).map(|r| (r.count, r.id));
+        assert_eq!(id(&["k", "o", "ID", "r1"]), Ok((1, Some(&b"r1"[..]))));
+        assert_eq!(
+            id(&["k", "o", "id", "r1", "count", "2"]),
+            Ok((2, Some(&b"r1"[..])))
+        );
+        assert_eq!(id(&["k", "o", "ID", ""]), Err(ArgError::Invalid(ERR_ID)));
+        assert_eq!(id(&["k", "o", "ID"]), Err(ArgError::Invalid(ERR_ID)));
+        assert_eq!(
+            id(&["k", "o", "ID", "a", "ID", "b"]),
+            Err(ArgError::Invalid(ERR_RELEASE_OPTION))
+        );
+        let acq = |a: &[&'static str]| acquire(&v(a)).map(|a| a.id);
+        assert_eq!(
+            acq(&["k", "o", "5", "ID", "x", "SHARED"]),
+            Ok(Some(&b"x"[..]))
+        );
+        assert!(acquire(&[b"k", b"o", b"5", b"ID", &[b'i'; 64]]).is_ok());
+        assert_eq!(
+            acquire(&[b"k", b"o", b"5", b"ID", &[b'i'; 65]]).err(),
+            Some(ArgError::Invalid(ERR_ID))
+        );
+        assert_eq!(
+            acq(&["k", "o", "5", "ID", "x", "ID", "y"]),
+            Err(ArgError::Invalid(ERR_OPTION))
+        );
+        assert_eq!(acq(&["k", "o", "5", "ID"]), Err(ArgError::Invalid(ERR_ID)));
+        assert_eq!(
+            acq(&["k", "o", "5", "ID", ""]),
+            Err(ArgError::Invalid(ERR_ID))
+        );
         assert_eq!(r(&["k", "o"]), Ok(1));
         assert_eq!(r(&["k", "o", "count", "9"]), Ok(9));
         assert_eq!(
@@ -514,7 +590,8 @@ mod tests {
                 exclusive: 0,
                 shared: 4,
                 token: 2,
-                deadline_ms: 3
+                deadline_ms: 3,
+                memo: None
             })
         );
         assert_eq!(
@@ -525,7 +602,8 @@ mod tests {
                 exclusive: 0,
                 shared: 5,
                 token: 2,
-                deadline_ms: 3
+                deadline_ms: 3,
+                memo: None
             })
         );
         for bad in [

@@ -6,7 +6,9 @@
 //! - Version 2 (written now): the limit (0: a read/write lock, else a
 //!   semaphore of that many permits), the number of holders, then for each
 //!   holder, oldest grant first: owner (string), exclusive holds, shared
-//!   holds or permits, token, deadline (Unix ms), all unsigned integers.
+//!   holds or permits, token, deadline (Unix ms) as unsigned integers, and
+//!   the owner's last request id (string, empty for none) with its reply
+//!   (unsigned, 0 for none).
 //! - Version 1 (the first release, still read): one exclusive holder —
 //!   owner, holds, token, deadline.
 //!
@@ -88,6 +90,13 @@ pub fn decode(
                 let shared = src.u64().ok_or(DecodeError::ShortRead)?;
                 let token = src.u64().ok_or(DecodeError::ShortRead)?;
                 let deadline_ms = src.u64().ok_or(DecodeError::ShortRead)?;
+                let id = src.bytes().ok_or(DecodeError::ShortRead)?;
+                let reply = src.u64().ok_or(DecodeError::ShortRead)?;
+                let memo = match (id.is_empty(), reply) {
+                    (true, 0) => None,
+                    (true, _) => return Err(DecodeError::Invalid(InvalidLock::RequestId)),
+                    (false, reply) => Some((id.as_slice(), reply)),
+                };
                 let holder = Holder::from_loaded(
                     from,
                     &owner,
@@ -95,6 +104,7 @@ pub fn decode(
                     shared,
                     token,
                     deadline_ms,
+                    memo,
                     now_ms,
                 )
                 .map_err(DecodeError::Invalid)?;
@@ -141,6 +151,16 @@ pub fn encode(lock: &Lock, out: &mut impl FieldSink) {
         out.u64(h.shared);
         out.u64(h.token);
         out.u64(h.deadline_ms);
+        match &h.memo {
+            Some(m) => {
+                out.bytes(&m.id);
+                out.u64(m.reply);
+            }
+            None => {
+                out.bytes(&[]);
+                out.u64(0);
+            }
+        }
     }
 }
 
@@ -287,6 +307,7 @@ mod tests {
             shared: s,
             token,
             deadline_ms: deadline,
+            memo: None,
         }
     }
 
@@ -320,6 +341,11 @@ mod tests {
                     holder(b"p2", 0, 3, 11, 7_000),
                 ],
             ),
+            (0, {
+                let mut h = holder(b"w", 1, 0, 9, 5_000);
+                h.remember(Some(b"request-7"), 9);
+                vec![h]
+            }),
         ];
         for (limit, holders) in values {
             let bytes = v2(limit, holders.clone());
@@ -372,6 +398,14 @@ mod tests {
                 InvalidLock::Deadline,
             ),
         ];
+        // A remembered reply without its id.
+        let mut no_id = v2(0, vec![holder(b"a", 0, 1, 1, 5)]);
+        let n = no_id.len();
+        no_id[n - 8] = 3;
+        assert_eq!(
+            decode(&mut SliceSource(&no_id), 2, LoadedFrom::Restore, now),
+            Err(DecodeError::Invalid(InvalidLock::RequestId))
+        );
         for (bytes, why) in cases {
             assert_eq!(
                 decode(&mut SliceSource(&bytes), 2, LoadedFrom::Restore, now),

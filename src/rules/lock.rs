@@ -70,6 +70,20 @@ pub const MAX_HOLDS: u64 = i64::MAX as u64;
 /// A holder's owner string.
 pub type Owner = smallvec::SmallVec<[u8; INLINE_OWNER_LEN]>;
 
+/// Longest request id (`ID request-id`), in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// The last operation an owner applied with a request id, and its reply: a
+/// retry with the same id is answered from here and changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Memo {
+    /// The request id (1 ..= [`MAX_REQUEST_ID_LEN`] bytes).
+    pub id: smallvec::SmallVec<[u8; 40]>,
+    /// What it answered: the token (acquire) or what the owner still held
+    /// (release).
+    pub reply: u64,
+}
+
 /// A fencing token: positive, and for one key strictly greater than every
 /// token granted before it on this server.
 pub type FencingToken = u64;
@@ -111,9 +125,40 @@ pub struct Holder {
     pub token: FencingToken,
     /// Wall-clock Unix ms at which this owner's lease ends unless renewed.
     pub deadline_ms: u64,
+    /// The last operation this owner applied with a request id (boxed: most
+    /// holders never send one).
+    pub memo: Option<Box<Memo>>,
 }
 
 impl Holder {
+    /// The reply of this owner's last operation if it carried request id
+    /// `id`.
+    pub fn answered(&self, id: &[u8]) -> Option<u64> {
+        self.memo
+            .as_ref()
+            .filter(|m| m.id.as_slice() == id)
+            .map(|m| m.reply)
+    }
+
+    /// Remembers the operation with request id `id` (if any) and its reply.
+    pub fn remember(&mut self, id: Option<&[u8]>, reply: u64) {
+        let Some(id) = id else {
+            return;
+        };
+        match &mut self.memo {
+            Some(m) => {
+                m.id = smallvec::SmallVec::from_slice(id);
+                m.reply = reply;
+            }
+            None => {
+                self.memo = Some(Box::new(Memo {
+                    id: smallvec::SmallVec::from_slice(id),
+                    reply,
+                }));
+            }
+        }
+    }
+
     /// Everything this owner holds at the key: holds, or permits.
     pub fn total(&self) -> u64 {
         self.exclusive.saturating_add(self.shared)
@@ -236,6 +281,9 @@ pub enum InvalidLock {
     /// Holders that break the kind's rules (an exclusive holder beside
     /// others, exclusive holds on a semaphore, permits above the limit).
     Shape,
+    /// A remembered request id longer than [`MAX_REQUEST_ID_LEN`], or a
+    /// remembered reply above 2^63 − 1 (or one without an id).
+    RequestId,
 }
 
 impl InvalidLock {
@@ -253,6 +301,9 @@ impl InvalidLock {
             InvalidLock::Duplicate => "two holders with the same owner or token",
             InvalidLock::Shape => {
                 "an exclusive holder is the only holder; a semaphore holds only permits, at most its limit"
+            }
+            InvalidLock::RequestId => {
+                "a remembered request id is 1 to 64 bytes with a reply up to 2^63-1 (none: empty, 0)"
             }
         }
     }
@@ -288,7 +339,7 @@ impl Lock {
         deadline_ms: u64,
         now_ms: u64,
     ) -> Result<Lock, InvalidLock> {
-        let holder = Holder::from_loaded(from, owner, holds, 0, token, deadline_ms, now_ms)?;
+        let holder = Holder::from_loaded(from, owner, holds, 0, token, deadline_ms, None, now_ms)?;
         Ok(Lock {
             limit: 0,
             holders: smallvec::smallvec![holder],
@@ -316,6 +367,14 @@ impl Lock {
         self.holders
             .iter()
             .position(|h| h.owner.as_slice() == owner)
+    }
+
+    /// The reply of `owner`'s last operation if it carried request id `id`
+    /// (its retry is answered from it).
+    pub fn answered(&self, owner: &[u8], id: &[u8]) -> Option<u64> {
+        self.holders
+            .get(self.find(owner)?)
+            .and_then(|h| h.answered(id))
     }
 
     /// Where the share with this token and deadline is (a lease in the
@@ -406,6 +465,7 @@ impl Lock {
             shared,
             token,
             deadline_ms: now_ms.saturating_add(ttl_ms),
+            memo: None,
         });
         self.holders.len() - 1
     }
@@ -537,13 +597,21 @@ impl Lock {
             .filter(|h| h.owner.spilled())
             .map(|h| h.owner.capacity())
             .sum();
-        std::mem::size_of::<Lock>() + holders + owners
+        let memos: usize = self
+            .holders
+            .iter()
+            .filter(|h| h.memo.is_some())
+            .map(|_| std::mem::size_of::<Memo>())
+            .sum();
+        std::mem::size_of::<Lock>() + holders + owners + memos
     }
 }
 
 impl Holder {
     /// One holder read from outside, each field checked against the rules
-    /// the commands apply (`exclusive + shared` ≥ 1, each ≤ 2^63 − 1).
+    /// the commands apply (`exclusive + shared` ≥ 1, each ≤ 2^63 − 1; a
+    /// remembered request: id 1..=64 bytes, reply ≤ 2^63 − 1).
+    #[allow(clippy::too_many_arguments)] // the fields of one record, in order
     pub fn from_loaded(
         from: LoadedFrom,
         owner: &[u8],
@@ -551,6 +619,7 @@ impl Holder {
         shared: u64,
         token: FencingToken,
         deadline_ms: u64,
+        memo: Option<(&[u8], u64)>,
         now_ms: u64,
     ) -> Result<Holder, InvalidLock> {
         if owner.is_empty() || owner.len() > MAX_OWNER_LEN {
@@ -565,12 +634,25 @@ impl Holder {
         if deadline_ms == 0 || deadline_ms > now_ms.saturating_add(MAX_LOADED_DEADLINE_AHEAD_MS) {
             return Err(InvalidLock::Deadline);
         }
+        let memo = match memo {
+            None => None,
+            Some((id, reply)) => {
+                if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN || reply > MAX_HOLDS {
+                    return Err(InvalidLock::RequestId);
+                }
+                Some(Box::new(Memo {
+                    id: smallvec::SmallVec::from_slice(id),
+                    reply,
+                }))
+            }
+        };
         Ok(Holder {
             owner: Owner::from_slice(owner),
             exclusive,
             shared,
             token,
             deadline_ms,
+            memo,
         })
     }
 }
@@ -779,6 +861,21 @@ mod tests {
     }
 
     #[test]
+    fn the_last_request_of_an_owner_is_remembered_with_its_reply() {
+        let mut l = Lock::grant(b"a", X, 7, 0, 100);
+        assert_eq!(l.answered(b"a", b"r1"), None);
+        l.holders[0].remember(None, 7);
+        assert_eq!(l.holders[0].memo, None, "no id: nothing to remember");
+        l.holders[0].remember(Some(b"r1"), 7);
+        assert_eq!(l.answered(b"a", b"r1"), Some(7));
+        assert_eq!(l.answered(b"b", b"r1"), None, "ids are per owner");
+        l.holders[0].remember(Some(b"r2"), 1);
+        assert_eq!(l.answered(b"a", b"r1"), None, "only the last one");
+        assert_eq!(l.answered(b"a", b"r2"), Some(1));
+        assert!(l.mem_usage() >= std::mem::size_of::<Memo>());
+    }
+
+    #[test]
     fn owner_comparison_is_binary_exact() {
         let l = Lock::grant(b"a\0b", X, 1, 0, 10);
         assert_eq!(l.find(b"a\0b"), Some(0));
@@ -808,6 +905,7 @@ mod tests {
             shared: s,
             token,
             deadline_ms: 5,
+            memo: None,
         };
         let ok = |limit, holders: Vec<Holder>| {
             Lock {
@@ -851,6 +949,7 @@ mod tests {
             shared: s,
             token,
             deadline_ms: 9,
+            memo: None,
         };
         let mut l = Lock::default();
         assert_eq!(l.upsert(0, holder(b"a", 0, 1, 1)), Ok(()));
@@ -916,10 +1015,22 @@ mod tests {
             );
         }
         assert_eq!(
-            Holder::from_loaded(LoadedFrom::Server, b"o", 0, 0, 1, 5, now),
+            Holder::from_loaded(LoadedFrom::Server, b"o", 0, 0, 1, 5, None, now),
             Err(InvalidLock::Holds)
         );
-        assert!(Holder::from_loaded(LoadedFrom::Server, b"o", 0, 3, 1, 5, now).is_ok());
+        assert!(Holder::from_loaded(LoadedFrom::Server, b"o", 0, 3, 1, 5, None, now).is_ok());
+        let with = |id: &[u8], reply| {
+            Holder::from_loaded(LoadedFrom::Server, b"o", 1, 0, 1, 5, Some((id, reply)), now)
+                .map(|h| h.answered(id))
+        };
+        assert_eq!(with(b"req-1", 7), Ok(Some(7)));
+        assert_eq!(with(&[b'i'; MAX_REQUEST_ID_LEN], 7), Ok(Some(7)));
+        assert_eq!(with(b"", 7), Err(InvalidLock::RequestId));
+        assert_eq!(
+            with(&[b'i'; MAX_REQUEST_ID_LEN + 1], 7),
+            Err(InvalidLock::RequestId)
+        );
+        assert_eq!(with(b"req-1", MAX_HOLDS + 1), Err(InvalidLock::RequestId));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Waiter {
     pub owner: Vec<u8>,
     /// What it asks for.
     pub want: Want,
+    /// Its request id (`ID`), remembered with the token when granted.
+    pub request_id: Option<Vec<u8>>,
     /// The lease it asked for, applied from the moment of the hand-off.
     pub ttl_ms: u64,
     /// When its wait ends (Unix ms), or `None` for `WAIT 0`.
@@ -50,6 +52,10 @@ pub struct Service {
     /// Waiters granted, with their token, and whether the grant was fresh
     /// (a new holder) rather than a re-entry.
     pub granted: Vec<(Waiter, FencingToken, bool)>,
+    /// Waiters whose request id the owner had already applied (a retry
+    /// queued beside its first attempt): answered with that reply, nothing
+    /// applied.
+    pub answered: Vec<(Waiter, u64)>,
     /// Holders (by index) that changed, each with its deadline before the
     /// service (`None`: a new holder).
     pub touched: Vec<(usize, Option<u64>)>,
@@ -213,17 +219,31 @@ fn grant(
         Admit::Fresh => match tokens.next(now_ms) {
             Ok(token) => {
                 let i = lock.add(&w.owner, w.want, token, now_ms, w.ttl_ms);
+                if let Some(h) = lock.holders.get_mut(i) {
+                    h.remember(w.request_id.as_deref(), token);
+                }
                 out.touched.push((i, None));
                 out.granted.push((w, token, true));
             }
             Err(_) => out.refused.push((w, Refusal::TokensExhausted)),
         },
         Admit::Reenter(i) => {
+            let done = w
+                .request_id
+                .as_deref()
+                .and_then(|id| lock.holders.get(i).and_then(|h| h.answered(id)));
+            if let Some(reply) = done {
+                out.answered.push((w, reply));
+                return;
+            }
             let before = lock.holders.get(i).map(|h| h.deadline_ms);
             if !out.touched.iter().any(|(j, _)| *j == i) {
                 out.touched.push((i, before));
             }
             if let Some(token) = lock.reenter(i, w.want, now_ms, w.ttl_ms) {
+                if let Some(h) = lock.holders.get_mut(i) {
+                    h.remember(w.request_id.as_deref(), token);
+                }
                 out.granted.push((w, token, false));
             }
         }
@@ -245,6 +265,7 @@ mod tests {
             id,
             owner: owner.as_bytes().to_vec(),
             want,
+            request_id: None,
             ttl_ms: 1000,
             wait_deadline_ms: deadline,
         }
@@ -356,6 +377,31 @@ mod tests {
         assert_eq!(s.touched, vec![(0, None)]);
         assert_eq!((lock.holders[0].exclusive, lock.holders[0].shared), (2, 1));
         assert_eq!(q.len(0, b"k"), 1);
+    }
+
+    #[test]
+    fn a_retry_queued_beside_its_first_attempt_is_answered_not_applied() {
+        let mut q = WaitQueues::default();
+        let with_id = |id| Waiter {
+            request_id: Some(b"req-1".to_vec()),
+            ..w(id, "a", X, None)
+        };
+        q.push(0, b"k", with_id(1));
+        q.push(0, b"k", w(2, "b", X, None));
+        q.push(0, b"k", with_id(3));
+        let mut lock = Lock::default();
+        let s = serve(&mut q, &mut lock, 0);
+        assert_eq!(ids(&s.granted), vec![1]);
+        let token = s.granted[0].1;
+        assert_eq!(
+            s.answered
+                .iter()
+                .map(|(w, r)| (w.id, *r))
+                .collect::<Vec<_>>(),
+            vec![(3, token)]
+        );
+        assert_eq!(lock.holders[0].exclusive, 1, "the retry added no hold");
+        assert_eq!(lock.answered(b"a", b"req-1"), Some(token));
     }
 
     #[test]
