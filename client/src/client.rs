@@ -1,6 +1,6 @@
 //! [`Client`]: the connections, the client's random id, and the numbering
-//! of lock handles; [`ClientBuilder`]: how a client over a connection of your
-//! own is put together.
+//! of handles (locks, read/write locks, semaphores); [`ClientBuilder`]: how
+//! a client over a connection of your own is put together.
 
 use std::fmt;
 use std::future::Future;
@@ -14,6 +14,8 @@ use uuid::Uuid;
 use crate::connection::{connector, Connection, Connections, Connector};
 use crate::error::Error;
 use crate::lock::Lock;
+use crate::rw_lock::RwLock;
+use crate::semaphore::Semaphore;
 
 /// A lock client: one random UUID, its connections, and the lock handles
 /// taken from it. Cheap to clone (clones share the UUID and the handle
@@ -136,17 +138,64 @@ impl<C: Connection> Client<C> {
         self.inner.id
     }
 
+    /// The next owner string `<uuid>:<n>`: one per handle, of any kind.
+    fn next_owner(&self) -> String {
+        let n = self.inner.next_handle.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}:{n}", self.inner.id)
+    }
+
     /// A new lock handle for `key`, with its own owner string
     /// `<uuid>:<n>`. Acquires through one handle re-enter; two handles
     /// exclude each other, also within one process. Cloning a handle keeps
     /// its owner.
     pub fn lock(&self, key: impl AsRef<[u8]>) -> Lock<C> {
-        let n = self.inner.next_handle.fetch_add(1, Ordering::Relaxed) + 1;
-        let owner = format!("{}:{n}", self.inner.id);
         Lock::new(
             Arc::clone(&self.inner.connections),
             key.as_ref().to_vec(),
-            owner,
+            self.next_owner(),
+        )
+    }
+
+    /// A new read/write lock handle for `key`, with its own owner string
+    /// `<uuid>:<n>` shared by its [`read`](RwLock::read) and
+    /// [`write`](RwLock::write) sides (so the writer can downgrade).
+    ///
+    /// ```no_run
+    /// # async fn run(client: fencelock_client::Client<redis::aio::ConnectionManager>) -> Result<(), fencelock_client::Error> {
+    /// let config = client.rw_lock("config");
+    /// if let Some(read) = config.read().try_acquire().await? {
+    ///     // ... read the config; other readers may too, writers wait ...
+    ///     read.release().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn rw_lock(&self, key: impl AsRef<[u8]>) -> RwLock<C> {
+        RwLock::new(
+            Arc::clone(&self.inner.connections),
+            key.as_ref().to_vec(),
+            self.next_owner(),
+        )
+    }
+
+    /// A new handle on the semaphore of `permits` (1 ..= 1 000 000) at
+    /// `key`, with its own owner string `<uuid>:<n>`. Every handle on the
+    /// key must use the same `permits`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: fencelock_client::Client<redis::aio::ConnectionManager>) -> Result<(), fencelock_client::Error> {
+    /// let slots = client.semaphore("gpu-slots", 4);
+    /// if let Some(guard) = slots.try_acquire(1).await? {
+    ///     // ... one of at most 4 jobs on the GPUs ...
+    ///     guard.release().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn semaphore(&self, key: impl AsRef<[u8]>, permits: u32) -> Semaphore<C> {
+        Semaphore::new(
+            Arc::clone(&self.inner.connections),
+            key.as_ref().to_vec(),
+            self.next_owner(),
+            permits,
         )
     }
 }
@@ -250,5 +299,13 @@ mod tests {
         assert_eq!(a.owner(), format!("{id}:1"));
         assert_eq!(b.owner(), format!("{id}:2"));
         assert_ne!(Mock::granting().client().id(), client.id());
+        // Every kind of handle takes the next number.
+        let rw = client.rw_lock("k");
+        let sem = client.semaphore("s", 3);
+        assert_eq!(rw.owner(), format!("{id}:3"));
+        assert_eq!(rw.read().owner(), rw.owner());
+        assert_eq!(rw.write().owner(), rw.owner());
+        assert_eq!(sem.owner(), format!("{id}:4"));
+        assert_eq!(sem.permits(), 3);
     }
 }

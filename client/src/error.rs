@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::info::Mode;
+
 /// What can go wrong when taking or giving back a lock.
 ///
 /// A lock that is simply held by someone else is not an error:
@@ -48,6 +50,28 @@ pub enum Error {
     /// run on.
     #[error("no tokio runtime: the watchdog runs as a tokio task")]
     NoRuntime,
+
+    /// The write side of an [`RwLock`](crate::RwLock) was asked for while
+    /// its handle holds the lock shared only (read guards, no write guard):
+    /// the server refuses an upgrade, because two readers upgrading at once
+    /// would wait for each other forever. Nothing changed: the read guards
+    /// still hold. Release them first, then take the write lock. (The server
+    /// also refuses while it still counts read holds of a lease this handle
+    /// gave up as lost; those expire after their ttl.)
+    #[error(
+        "the handle holds this lock shared: release the read guards before taking the write lock"
+    )]
+    Upgrade,
+
+    /// The key holds another kind of lock than the call reads (e.g.
+    /// [`Semaphore::info`](crate::Semaphore::info) on a read/write lock).
+    /// Acquiring a key of another kind fails with the server's `WRONGTYPE`
+    /// error instead ([`Error::Redis`]).
+    #[error("the key holds a lock of another kind ({found})")]
+    WrongKind {
+        /// What the key holds.
+        found: Mode,
+    },
 }
 
 /// Why a lease is known to be lost. Once lost, a lease stays lost: its

@@ -1,5 +1,6 @@
-//! [`Guard`]: proof of a granted lock — the fencing token, the "lost"
-//! signal, and the release (explicit, or in the background on drop).
+//! [`Guard`]: proof of a granted lock, read lock or semaphore permits — the
+//! fencing token, the "lost" signal, and the release of exactly what it
+//! stands for (explicit, or in the background on drop).
 
 use std::fmt;
 use std::future::Future;
@@ -10,13 +11,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::commands::show;
+use crate::commands::{self, show};
 use crate::connection::Connection;
 use crate::error::{Error, LeaseLost};
 use crate::handle::Handle;
-use crate::lease::Lease;
+use crate::lease::{Hold, Lease};
 
-/// A granted lock. While it lives, its watchdog (if on) renews the lease.
+/// A granted lock: from [`Lock::acquire`](crate::Lock::acquire), the read
+/// or write side of an [`RwLock`](crate::RwLock), or
+/// [`Semaphore::acquire`](crate::Semaphore::acquire). While it lives, its
+/// watchdog (if on) renews the lease.
 ///
 /// - [`token`](Self::token): the fencing token, to pass along with every
 ///   write the lock protects.
@@ -27,10 +31,15 @@ use crate::lease::Lease;
 ///   in the background (on the current tokio runtime).
 ///
 /// Guards that re-entered through one handle share one lease: one token,
-/// one watchdog, one "lost" signal; the lock is free once all are released.
+/// one watchdog, one "lost" signal (the server keeps one lease per key and
+/// owner, and one renewal renews all it holds there). Each guard gives back
+/// only what it took: one hold (exclusive or shared), or its permits; the
+/// handle holds the key until all its guards are released.
 #[must_use = "dropping the guard releases the lock"]
 pub struct Guard<C: Connection> {
     handle: Arc<Handle<C>>,
+    /// What it stands for on the server.
+    hold: Hold,
     /// `None` once released.
     lease: Option<Arc<Lease>>,
     lost_rx: watch::Receiver<Option<LeaseLost>>,
@@ -43,15 +52,17 @@ impl<C: Connection> fmt::Debug for Guard<C> {
             .field("key", &show(&self.handle.key))
             .field("owner", &self.handle.owner)
             .field("token", &self.token)
+            .field("hold", &self.hold)
             .field("lost", &*self.lost_rx.borrow())
             .finish()
     }
 }
 
 impl<C: Connection> Guard<C> {
-    pub(crate) fn new(handle: Arc<Handle<C>>, lease: Arc<Lease>) -> Self {
+    pub(crate) fn new(handle: Arc<Handle<C>>, lease: Arc<Lease>, hold: Hold) -> Self {
         Self {
             handle,
+            hold,
             lost_rx: lease.subscribe(),
             token: lease.token,
             lease: Some(lease),
@@ -113,12 +124,21 @@ impl<C: Connection> Guard<C> {
             .map_or(Duration::ZERO, |lease| lease.remaining(Instant::now()))
     }
 
-    /// Releases this hold: stops the watchdog (if this was the lease's last
-    /// guard), then sends `LOCK.RELEASE`. Returns whether the lock was
+    /// Releases what this guard stands for: stops the watchdog (if this was
+    /// the lease's last guard), then sends `LOCK.RELEASE` (with `COUNT n`
+    /// for a semaphore guard of `n` permits). Returns whether the lock was
     /// still held by this owner. A guard whose lease was lost sends nothing
     /// and returns `false`: whatever the server still counts for it expires
     /// on its own, and this way a lost guard can never release a newer grant
     /// of the same handle.
+    ///
+    /// A read guard released while a write guard of the same
+    /// [`RwLock`](crate::RwLock) handle lives sends nothing yet and returns
+    /// `true`: the server releases an owner's exclusive holds before its
+    /// shared ones, so releasing now would end the write lock under the live
+    /// write guard. Its hold goes with the handle's last write guard. (The
+    /// other order — the write guard released first, read guards still
+    /// held — is the downgrade.)
     pub async fn release(mut self) -> Result<bool, Error> {
         match self.detach() {
             Some(job) => job.run().await,
@@ -131,7 +151,7 @@ impl<C: Connection> Guard<C> {
     /// to send.
     fn detach(&mut self) -> Option<ReleaseJob<C>> {
         let lease = self.lease.take()?;
-        let detached = lease.detach();
+        let detached = lease.detach(self.hold);
         if detached.lost {
             debug!(key = %show(&self.handle.key), owner = %self.handle.owner, token = self.token, "lease was lost; nothing to release");
             return None;
@@ -140,6 +160,7 @@ impl<C: Connection> Guard<C> {
             handle: Arc::clone(&self.handle),
             lease,
             last: detached.last,
+            count: detached.count,
         })
     }
 }
@@ -170,24 +191,44 @@ struct ReleaseJob<C: Connection> {
     handle: Arc<Handle<C>>,
     lease: Arc<Lease>,
     last: bool,
+    /// The `COUNT` to release; 0: put off (see [`Lease::detach`]).
+    count: u64,
 }
 
 impl<C: Connection> ReleaseJob<C> {
     async fn run(self) -> Result<bool, Error> {
         let h = &self.handle;
+        if self.count == 0 {
+            debug!(key = %show(&h.key), owner = %h.owner, token = self.lease.token, "read hold released under a live write guard: it goes with the last write guard");
+            return Ok(true);
+        }
         let _op = h.ops.lock().await;
         if self.lease.lost().is_some() {
             // Lost while this release waited for its turn.
             return Ok(false);
         }
         let mut conn = h.conn();
-        match h.release_once(&mut conn).await? {
-            None => {
+        match h.release(&mut conn, self.count).await {
+            Err(Error::Redis(e)) if commands::is_over_count(&e) => {
+                // The server counts less for the owner than the lease's
+                // guards stand for (someone else used the owner string):
+                // none of them can count on their holds.
+                self.lease.lose(LeaseLost::NotHeld);
+                warn!(key = %show(&h.key), owner = %h.owner, token = self.lease.token, error = %e, "the server counts fewer holds than this handle's guards");
+                if self.last {
+                    if let Some(held) = e.detail().and_then(held_in_message) {
+                        h.clear_leftovers(&mut conn, held).await;
+                    }
+                }
+                Err(Error::Redis(e))
+            }
+            Err(e) => Err(e),
+            Ok(None) => {
                 self.lease.lose(LeaseLost::NotHeld);
                 info!(key = %show(&h.key), owner = %h.owner, token = self.lease.token, "released: the lock was no longer held");
                 Ok(false)
             }
-            Some(remaining) => {
+            Ok(Some(remaining)) => {
                 if self.last {
                     h.clear_leftovers(&mut conn, remaining).await;
                 } else if remaining == 0 {
@@ -196,11 +237,18 @@ impl<C: Connection> ReleaseJob<C> {
                     // is free now, so the other guards have lost it.
                     self.lease.lose(LeaseLost::NotHeld);
                 }
-                info!(key = %show(&h.key), owner = %h.owner, token = self.lease.token, remaining, "lock released");
+                info!(key = %show(&h.key), owner = %h.owner, token = self.lease.token, count = self.count, remaining, "lock released");
                 Ok(true)
             }
         }
     }
+}
+
+/// The `<h>` of `COUNT is more than the owner holds (<h>); ...`.
+fn held_in_message(detail: &str) -> Option<u64> {
+    let (_, rest) = detail.split_once('(')?;
+    let (held, _) = rest.split_once(')')?;
+    held.parse().ok()
 }
 
 #[cfg(test)]
@@ -209,6 +257,11 @@ mod tests {
 
     use crate::mock::{ms, Answer, Mock};
     use crate::{AcquireOptions, LeaseLost};
+
+    /// The owner of the first acquire sent to `mock`.
+    fn guard_owner(mock: &Mock) -> String {
+        mock.args("LOCK.ACQUIRE")[0][1].clone()
+    }
 
     #[tokio::test(start_paused = true)]
     async fn remaining_is_the_time_to_the_local_deadline_and_zero_once_lost() {
@@ -278,12 +331,16 @@ mod tests {
         let guard = mock.guard(AcquireOptions::new()).await;
         // The server counts two more holds for this owner (e.g. a grant
         // whose reply was lost).
-        mock.on(
-            "LOCK.RELEASE",
-            [Answer::Int(2), Answer::Int(1), Answer::Int(0)],
-        );
+        mock.on("LOCK.RELEASE", [Answer::Int(2), Answer::Int(0)]);
         assert!(guard.release().await.unwrap());
-        assert_eq!(mock.sent("LOCK.RELEASE").len(), 3);
+        let owner = guard_owner(&mock);
+        assert_eq!(
+            mock.args("LOCK.RELEASE"),
+            [
+                vec!["k".to_string(), owner.clone()],
+                vec!["k".into(), owner, "COUNT".into(), "2".into()]
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

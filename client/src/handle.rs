@@ -1,13 +1,19 @@
-//! [`Handle`]: what a lock handle's clones, its guards and its watchdogs
-//! share — the key, the owner string, the client's connections, the
-//! serialisation of hold-changing requests and the current lease — and the
-//! requests on the handle's own holds (renew, release).
+//! [`Handle`]: what a handle's clones (a [`Lock`](crate::Lock), an
+//! [`RwLock`](crate::RwLock) or a [`Semaphore`](crate::Semaphore)), its
+//! guards and its watchdogs share — the key, the owner string, the client's
+//! connections, the serialisation of hold-changing requests and the current
+//! lease — and the requests on the key: renew, release, force-release, info.
 //!
-//! A handle has at most one live lease at a time; re-entries join it. The
-//! hold-changing requests of one handle (acquire, release) run one at a time
-//! (`ops`), so that the handle always knows which of the owner's holds on the
-//! server belong to which lease.
+//! A handle has at most one live lease at a time; re-entries join it (the
+//! server keeps one lease per key and owner). The handle's acquires run one
+//! at a time (`acquiring`), so that a re-entry always knows the lease it
+//! joins. Releases, and the bookkeeping of an acquire once its reply is in,
+//! run one at a time (`ops`), so that the handle always knows which of the
+//! owner's holds on the server belong to which lease. An acquire waiting on
+//! the server does not hold `ops`: the handle's guards can still release
+//! (a semaphore waiter may need exactly those permits back).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use redis::Value;
@@ -17,20 +23,22 @@ use tracing::{debug, info, warn};
 use crate::commands::{self, show};
 use crate::connection::{Connection, Connections};
 use crate::error::{Error, LeaseLost};
-use crate::lease::Lease;
+use crate::info::KeyInfo;
+use crate::lease::{Hold, Lease};
 use crate::options::LeaseParams;
-
-/// Bounds the loop that clears an owner's leftover holds (see
-/// [`Handle::clear_leftovers`]); the server's count is the real bound.
-const MAX_LEFTOVER_RELEASES: u64 = 10_000;
 
 /// The state shared by a handle's clones, its guards and its watchdogs.
 pub(crate) struct Handle<C> {
     pub connections: Arc<Connections<C>>,
     pub key: Vec<u8>,
     pub owner: String,
-    /// Serialises the handle's acquires and releases.
+    /// Serialises the handle's acquires.
+    pub acquiring: tokio::sync::Mutex<()>,
+    /// Serialises the handle's releases and the bookkeeping of its grants.
     pub ops: tokio::sync::Mutex<()>,
+    /// An acquire has been sent and its grant is not yet recorded (see
+    /// [`Handle::clear_leftovers`]).
+    in_flight: AtomicBool,
     /// The latest lease (it may have been lost or have ended since).
     current: Mutex<Option<Arc<Lease>>>,
 }
@@ -43,13 +51,24 @@ pub(crate) enum Recorded {
     Started(Arc<Lease>),
 }
 
+/// Marks an acquire in flight on its handle until dropped.
+pub(crate) struct InFlight<'a>(&'a AtomicBool);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 impl<C: Connection> Handle<C> {
     pub fn new(connections: Arc<Connections<C>>, key: Vec<u8>, owner: String) -> Self {
         Self {
             connections,
             key,
             owner,
+            acquiring: tokio::sync::Mutex::new(()),
             ops: tokio::sync::Mutex::new(()),
+            in_flight: AtomicBool::new(false),
             current: Mutex::new(None),
         }
     }
@@ -65,6 +84,12 @@ impl<C: Connection> Handle<C> {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Marks an acquire in flight (the caller holds `acquiring`).
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.store(true, Ordering::SeqCst);
+        InFlight(&self.in_flight)
+    }
+
     /// The current lease if it is still live.
     pub fn live_lease(&self) -> Option<Arc<Lease>> {
         self.current().as_ref().filter(|l| l.is_live()).cloned()
@@ -78,28 +103,36 @@ impl<C: Connection> Handle<C> {
             .map(|lease| lease.token)
     }
 
-    /// Records a grant confirmed by a request sent at `sent`: a re-entry
-    /// joins the live lease with the same token; anything else starts a new
-    /// lease (and a different token means the old one ended on the server).
-    pub fn record_grant(&self, token: u64, params: LeaseParams, sent: Instant) -> Recorded {
+    /// Records a grant of `hold` confirmed by a request sent at `sent`: a
+    /// re-entry joins the live lease with the same token; anything else
+    /// starts a new lease (and a different token means the old one ended on
+    /// the server).
+    pub fn record_grant(
+        &self,
+        token: u64,
+        params: LeaseParams,
+        hold: Hold,
+        sent: Instant,
+    ) -> Recorded {
         let mut current = self.current();
         if let Some(lease) = current.as_ref().filter(|l| l.is_live()) {
-            if lease.token == token && lease.attach(sent) {
-                debug!(key = %show(&self.key), owner = %self.owner, token, "lock re-entered");
+            if lease.token == token && lease.attach(hold, sent) {
+                debug!(key = %show(&self.key), owner = %self.owner, token, ?hold, "lock re-entered");
                 return Recorded::Joined(Arc::clone(lease));
             }
             if lease.token != token && lease.lose(LeaseLost::NotHeld) {
                 warn!(key = %show(&self.key), owner = %self.owner, token = lease.token, new_token = token, "the held lease had ended on the server; got a new grant");
             }
         }
-        let lease = Lease::new(token, params, sent);
+        let lease = Lease::new(token, params, hold, sent);
         *current = Some(Arc::clone(&lease));
-        info!(key = %show(&self.key), owner = %self.owner, token, ttl_ms = params.ttl_ms(), watchdog = params.watchdog, "lock acquired");
+        info!(key = %show(&self.key), owner = %self.owner, token, ?hold, ttl_ms = params.ttl_ms(), watchdog = params.watchdog, "lock acquired");
         Recorded::Started(lease)
     }
 
-    /// One `LOCK.RENEW` with `ttl_ms`: whether the owner still holds the
-    /// lock. A key overwritten with another type (`WRONGTYPE`) is not held.
+    /// One `LOCK.RENEW` with `ttl_ms`: whether the owner still holds
+    /// anything at the key. A key overwritten with another type
+    /// (`WRONGTYPE`) is not held.
     pub async fn renew(&self, conn: &mut C, ttl_ms: u64) -> Result<bool, Error> {
         let reply = commands::renew(&self.key, &self.owner, ttl_ms)
             .query_async::<Value>(conn)
@@ -111,19 +144,34 @@ impl<C: Connection> Handle<C> {
         }
     }
 
-    /// One `LOCK.RELEASE`: the remaining hold count, `None` when not held.
-    pub async fn release_once(&self, conn: &mut C) -> Result<Option<u64>, Error> {
-        let reply: Value = commands::release(&self.key, &self.owner)
+    /// One `LOCK.RELEASE` of `count` holds or permits: what the owner still
+    /// holds, `None` when it held nothing.
+    pub async fn release(&self, conn: &mut C, count: u64) -> Result<Option<u64>, Error> {
+        let reply: Value = commands::release(&self.key, &self.owner, count)
             .query_async(conn)
             .await?;
         commands::remaining(reply)
     }
 
-    /// Gives back a grant that failed its durability check. The caller holds
-    /// `ops`.
-    pub async fn undo_grant(&self, reentry: bool) {
+    /// Gives back a grant of `hold` that failed its durability check. The
+    /// caller holds `ops`.
+    pub async fn undo_grant(&self, hold: Hold, reentry: bool) {
+        if hold == Hold::Shared && reentry {
+            // Under a live exclusive guard, a release now would take the
+            // exclusive hold (the server releases those first): the shared
+            // one goes with the last exclusive guard.
+            if let Some(lease) = self.live_lease() {
+                if lease.owe_shared() {
+                    return;
+                }
+            }
+        }
+        let count = match hold {
+            Hold::Exclusive | Hold::Shared => 1,
+            Hold::Permits(n) => n,
+        };
         let mut conn = self.conn();
-        match self.release_once(&mut conn).await {
+        match self.release(&mut conn, count).await {
             Ok(Some(remaining)) if !reentry => self.clear_leftovers(&mut conn, remaining).await,
             Ok(_) => {}
             Err(e) => {
@@ -133,27 +181,48 @@ impl<C: Connection> Handle<C> {
     }
 
     /// After the handle's last live guard released, the owner may still
-    /// count holds on the server that no guard stands for: grants whose
+    /// hold things on the server that no guard stands for: grants whose
     /// reply was lost (a failed or cancelled acquire), or holds of a lease
     /// the client gave up as lost while the server still had it. The owner
     /// string belongs to this handle alone, and `ops` is held, so they are
-    /// ours to clear — unless a newer lease of this handle is live.
-    pub async fn clear_leftovers(&self, conn: &mut C, mut remaining: u64) {
-        if remaining == 0 || self.live_lease().is_some() {
+    /// ours to clear in one `LOCK.RELEASE ... COUNT remaining` — unless a
+    /// newer lease of this handle is live, or an acquire is in flight (its
+    /// grant may be among them).
+    pub async fn clear_leftovers(&self, conn: &mut C, remaining: u64) {
+        if remaining == 0 || self.live_lease().is_some() || self.in_flight.load(Ordering::SeqCst) {
             return;
         }
         debug!(key = %show(&self.key), owner = %self.owner, remaining, "clearing leftover holds");
-        let mut sent = 0;
-        while remaining > 0 && sent < MAX_LEFTOVER_RELEASES {
-            sent += 1;
-            match self.release_once(conn).await {
-                Ok(Some(r)) => remaining = r,
-                Ok(None) => return,
-                Err(e) => {
-                    warn!(key = %show(&self.key), owner = %self.owner, error = %e, "could not clear leftover holds; they expire after the ttl");
-                    return;
-                }
-            }
+        if let Err(e) = self.release(conn, remaining).await {
+            warn!(key = %show(&self.key), owner = %self.owner, error = %e, "could not clear leftover holds; they expire after the ttl");
         }
+    }
+
+    /// `LOCK.INFO` over the shared connection.
+    pub async fn info(&self) -> Result<Option<KeyInfo>, Error> {
+        let reply: Value = commands::info(&self.key)
+            .query_async(&mut self.conn())
+            .await?;
+        commands::key_info(reply)
+    }
+
+    /// `LOCK.FORCERELEASE key [owner]`: the whole key, or `owner`'s holds.
+    /// When that takes this handle's holds, its live lease is marked lost at
+    /// once.
+    pub async fn force_release(&self, owner: Option<&str>) -> Result<bool, Error> {
+        // The lease held when the request goes out: one granted later (to a
+        // concurrent acquire of this handle) may well outlive it.
+        let held = self
+            .live_lease()
+            .filter(|_| owner.is_none_or(|o| o == self.owner));
+        let reply: Value = commands::force_release(&self.key, owner)
+            .query_async(&mut self.conn())
+            .await?;
+        let removed = commands::forced(reply)?;
+        // Whatever the reply, that lease is gone from the server now.
+        if let Some(lease) = held.filter(|lease| lease.lose(LeaseLost::NotHeld)) {
+            warn!(key = %show(&self.key), owner = %self.owner, token = lease.token, "lock force-released through its own handle");
+        }
+        Ok(removed)
     }
 }

@@ -28,10 +28,19 @@
 //!   [`Lock::try_acquire`]; the lock on the server: [`Lock::info`]
 //!   ([`LockInfo`]), [`Lock::is_locked`], [`Lock::hold_count`],
 //!   [`Lock::force_release`].
+//! - [`RwLock`] ([`Client::rw_lock`]): a read/write lock handle, one owner
+//!   for its [`read`](RwLock::read) ([`ReadLock`]) and
+//!   [`write`](RwLock::write) ([`WriteLock`]) sides: many readers or one
+//!   writer; the writer can downgrade, a reader asking to write gets
+//!   [`Error::Upgrade`]. [`RwLock::info`] ([`KeyInfo`]).
+//! - [`Semaphore`] ([`Client::semaphore`]): `n` of a key's permits per
+//!   guard; [`Semaphore::info`] ([`SemaphoreInfo`]),
+//!   [`Semaphore::available`].
 //! - [`AcquireOptions`]: ttl, [`Wait`], watchdog, renewal interval, safety
 //!   margin, replica acknowledgement.
-//! - [`Guard`]: the fencing token, [`Guard::lost`], [`Guard::remaining`],
-//!   [`Guard::release`]; release on drop.
+//! - [`Guard`] (the same for all three): the fencing token,
+//!   [`Guard::lost`], [`Guard::remaining`], [`Guard::release`] of exactly
+//!   what it took; release on drop.
 //!
 //! How the guard knows it lost the lease: the watchdog measures a local
 //! deadline from the moment each confirmed renewal was *sent* (the server
@@ -54,7 +63,8 @@
 // above it (no cycles).
 //
 // Plain types and their checks, no I/O: the error type and the loss reasons;
-// the acquire options and the lease parameters they yield; `LockInfo`.
+// the acquire options and the lease parameters they yield; what `LOCK.INFO`
+// shows (`KeyInfo` and its shapes).
 mod error;
 mod info;
 mod options;
@@ -65,12 +75,13 @@ mod options;
 mod commands;
 mod connection;
 
-// One lease as the client knows it: the local deadline, the guard count and
-// the "lost" signal (bookkeeping, no I/O).
+// One lease as the client knows it: the local deadline, its guards and what
+// each stands for (`Hold`), and the "lost" signal (bookkeeping, no I/O).
 mod lease;
 
-// What a lock handle's clones, guards and watchdogs share: key, owner,
-// connections, the current lease, and the renew/release requests.
+// What a handle's clones, guards and watchdogs share: key, owner,
+// connections, the current lease, and the requests on the key (renew,
+// release, force-release, info).
 mod handle;
 
 // The two users of a handle: the guard (token, lost, release) and the
@@ -78,11 +89,17 @@ mod handle;
 mod guard;
 mod watchdog;
 
-// The public handle: acquire in its steps, and the calls that look at or
-// clear the lock on the server.
-mod lock;
+// Acquire in its steps (send, check replicas, confirm after a wait, hand out
+// the guard), the same for every kind of request.
+mod acquire;
 
-// The entry point: the client and its builder, which hand out lock handles.
+// The public handles: the exclusive lock, the read/write lock, the
+// semaphore; each acquires through `acquire` and looks at or clears its key.
+mod lock;
+mod rw_lock;
+mod semaphore;
+
+// The entry point: the client and its builder, which hand out handles.
 mod client;
 
 #[cfg(test)]
@@ -92,6 +109,8 @@ pub use client::{Client, ClientBuilder};
 pub use connection::Connection;
 pub use error::{Error, LeaseLost};
 pub use guard::Guard;
-pub use info::LockInfo;
+pub use info::{Holder, KeyInfo, LockInfo, Mode, PermitHolder, SemaphoreInfo, SharedInfo};
 pub use lock::Lock;
 pub use options::{AcquireOptions, Wait};
+pub use rw_lock::{ReadLock, RwLock, WriteLock};
+pub use semaphore::Semaphore;

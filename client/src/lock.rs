@@ -1,29 +1,27 @@
-//! [`Lock`]: a handle on one key with one owner string — acquiring (in its
-//! steps: send, check the replicas, confirm after a wait, hand out the
-//! guard), and the calls that look at or clear the lock on the server.
+//! [`Lock`]: a handle on one key with one owner string, for the exclusive
+//! lock — acquiring (the steps are in `acquire`), and the calls that look at
+//! or clear the lock on the server.
 
 use std::fmt;
 use std::sync::Arc;
 
-use redis::{Cmd, Value};
-use tokio::time::Instant;
-use tracing::{debug, warn};
-
-use crate::commands::{self, show};
+use crate::acquire;
+use crate::commands::{show, Request};
 use crate::connection::{Connection, Connections};
-use crate::error::{Error, LeaseLost};
+use crate::error::Error;
 use crate::guard::Guard;
-use crate::handle::{Handle, Recorded};
-use crate::info::LockInfo;
-use crate::options::{AcquireOptions, Durability, LeaseParams};
-use crate::watchdog;
+use crate::handle::Handle;
+use crate::info::{KeyInfo, LockInfo};
+use crate::options::AcquireOptions;
 
 /// A lock handle: one key, one owner string (`<client uuid>:<n>`).
 ///
 /// Take it from [`Client::lock`](crate::Client::lock). Acquiring through the
 /// same handle again while it holds the lock re-enters (the server counts
 /// holds; the token stays the same); another handle, of this client or any
-/// other, is excluded. Cloning the handle keeps the owner.
+/// other, is excluded. Cloning the handle keeps the owner. A `Lock` and the
+/// write side of an [`RwLock`](crate::RwLock) on the same key exclude each
+/// other as two `Lock`s do (readers keep a `Lock` out too).
 ///
 /// Taking the lock: [`acquire`](Self::acquire),
 /// [`try_acquire`](Self::try_acquire). Looking at it on the server:
@@ -43,42 +41,6 @@ impl<C> fmt::Debug for Lock<C> {
             .field("owner", &self.handle.owner)
             .finish_non_exhaustive()
     }
-}
-
-/// One acquire as it goes to the server.
-struct Attempt {
-    /// The lease's parameters: the held lease's on a re-entry.
-    params: LeaseParams,
-    /// `LOCK.ACQUIRE`'s `WAIT` argument.
-    wait_ms: Option<u64>,
-    /// The replication `WAIT` after the grant.
-    durability: Option<Durability>,
-}
-
-impl Attempt {
-    /// Whether the request may block on the server (a queue wait or a
-    /// replication `WAIT`).
-    fn may_block(&self) -> bool {
-        self.wait_ms.is_some() || self.durability.is_some()
-    }
-}
-
-/// What the server answered to an [`Attempt`].
-struct Reply {
-    /// The fencing token, `None` when not granted.
-    token: Option<u64>,
-    /// When `LOCK.ACQUIRE` was sent.
-    sent: Instant,
-    /// With durability: what was asked for, and `WAIT`'s reply.
-    replicas: Option<(Durability, Result<u64, Error>)>,
-}
-
-/// When the lease of a grant was last confirmed.
-struct Confirmed {
-    /// The send time the local deadline counts from.
-    sent: Instant,
-    /// A confirming renewal said the lock is already gone.
-    gone: bool,
 }
 
 impl<C: Connection> Lock<C> {
@@ -104,44 +66,20 @@ impl<C: Connection> Lock<C> {
     /// holds it (after the wait, if one was asked for), and an error when
     /// the options are invalid, the connection failed (the lock may then
     /// have been granted: it expires after its ttl), or the grant was not
-    /// acknowledged by enough replicas (then it has been released).
+    /// acknowledged by enough replicas (then it has been released). A key
+    /// that holds a semaphore fails with the server's `WRONGTYPE` error.
     ///
     /// A re-entry joins the lease the handle already holds: it refreshes it
     /// with that lease's own ttl, keeps that lease's watchdog, and its guard
     /// shares the lease's token and [`lost`](Guard::lost) signal; only the
-    /// wait and replica options of a re-entry apply.
+    /// wait and replica options of a re-entry apply. The acquires of one
+    /// handle run one at a time.
     ///
     /// Cancelling a waiting acquire (dropping the future) closes its
     /// dedicated connection, which takes it out of the server's queue; a
     /// grant that raced with that is never renewed and expires after its ttl.
     pub async fn acquire(&self, options: AcquireOptions) -> Result<Option<Guard<C>>, Error> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let fresh_params = options.params()?;
-        let _op = self.handle.ops.lock().await;
-        let held = self.handle.live_lease();
-        let attempt = Attempt {
-            // A re-entry keeps the held lease's parameters (one fixed ttl
-            // per lease is what keeps the local deadline safe).
-            params: held.as_ref().map_or(fresh_params, |l| l.params),
-            wait_ms: options.wait_ms(),
-            durability: options.durability(),
-        };
-        let reply = self.send(&attempt).await?;
-        let Some(token) = reply.token else {
-            self.not_granted();
-            return Ok(None);
-        };
-        let reentry = held.is_some_and(|l| l.token == token);
-        if let Some((d, acked)) = reply.replicas {
-            self.check_replicas(d, acked, token, reentry).await?;
-        }
-        let confirmed = self.confirm_after_wait(&attempt, token, reply.sent).await;
-        Ok(Some(self.hand_out(
-            token,
-            attempt.params,
-            confirmed,
-            &runtime,
-        )))
+        acquire::acquire(&self.handle, Request::Exclusive, options).await
     }
 
     /// Tries once to take the lock with the default options (ttl 30 s,
@@ -154,29 +92,33 @@ impl<C: Connection> Lock<C> {
     /// The lock as the server shows it now (`LOCK.INFO`): owner, holds,
     /// remaining ttl, token and waiters, whoever holds it; `None` when the
     /// key holds no lock. Reads over the client's shared connection, in
-    /// RESP2 or RESP3.
+    /// RESP2 or RESP3. A key held shared (by [`RwLock`](crate::RwLock)
+    /// readers) or holding a semaphore fails with [`Error::WrongKind`]; read
+    /// it with [`RwLock::info`](crate::RwLock::info) instead.
     pub async fn info(&self) -> Result<Option<LockInfo>, Error> {
-        let mut conn = self.handle.conn();
-        let reply: Value = commands::info(&self.handle.key)
-            .query_async(&mut conn)
-            .await?;
-        commands::lock_info(reply)
+        match self.handle.info().await? {
+            None => Ok(None),
+            Some(KeyInfo::Exclusive(info)) => Ok(Some(info)),
+            Some(other) => Err(Error::WrongKind {
+                found: other.mode(),
+            }),
+        }
     }
 
-    /// Whether anyone (this handle or another owner) holds the lock now,
-    /// as the server says.
+    /// Whether anyone (this handle or another owner) holds the key now, in
+    /// any mode, as the server says.
     pub async fn is_locked(&self) -> Result<bool, Error> {
-        Ok(self.info().await?.is_some())
+        Ok(self.handle.info().await?.is_some())
     }
 
     /// How many holds this handle's owner has on the server now (each
     /// re-entry adds one): 0 when the lock is free or held by another owner.
     pub async fn hold_count(&self) -> Result<u64, Error> {
         Ok(self
+            .handle
             .info()
             .await?
-            .filter(|info| info.owner == self.handle.owner)
-            .map_or(0, |info| info.holds))
+            .map_or(0, |info| info.held_by(&self.handle.owner)))
     }
 
     /// Removes the lock whoever holds it (`LOCK.FORCERELEASE`, an
@@ -184,168 +126,11 @@ impl<C: Connection> Lock<C> {
     /// server's queue gets it. Returns whether there was a lock to remove.
     ///
     /// If this handle held the lock, its guards know at once: their
-    /// [`lost`](Guard::lost) completes with [`LeaseLost::NotHeld`] and they
+    /// [`lost`](Guard::lost) completes with [`LeaseLost::NotHeld`](crate::LeaseLost::NotHeld) and they
     /// send no release. Another holder's watchdog learns it at its next
     /// renewal.
     pub async fn force_release(&self) -> Result<bool, Error> {
-        let h = &self.handle;
-        // The lease held when the request goes out: one granted later (to a
-        // concurrent acquire of this handle) may well outlive it.
-        let held = h.live_lease();
-        let mut conn = h.conn();
-        let reply: Value = commands::force_release(&h.key)
-            .query_async(&mut conn)
-            .await?;
-        let removed = commands::forced(reply)?;
-        // Whatever the reply, that lease is gone from the server now.
-        if let Some(lease) = held.filter(|lease| lease.lose(LeaseLost::NotHeld)) {
-            warn!(key = %show(&h.key), owner = %h.owner, token = lease.token, "lock force-released through its own handle");
-        }
-        Ok(removed)
-    }
-
-    /// Sends the `LOCK.ACQUIRE` (in one pipeline with the replication
-    /// `WAIT` when durability is asked for), over a dedicated connection
-    /// when it may block.
-    async fn send(&self, attempt: &Attempt) -> Result<Reply, Error> {
-        let h = &self.handle;
-        let mut conn = h.connections.for_acquire(attempt.may_block()).await?;
-        let cmd = commands::acquire(&h.key, &h.owner, attempt.params.ttl_ms(), attempt.wait_ms);
-        let sent = Instant::now();
-        let (token, replicas) = match attempt.durability {
-            None => (commands::token(cmd.query_async(&mut conn).await?)?, None),
-            Some(d) => {
-                let (token, acked) = acquire_and_wait(&mut conn, cmd, d).await?;
-                (token, Some((d, acked)))
-            }
-        };
-        Ok(Reply {
-            token,
-            sent,
-            replicas,
-        })
-    }
-
-    /// Not granted: another owner holds the lock, so a lease this handle
-    /// still counted on is gone.
-    fn not_granted(&self) {
-        let h = &self.handle;
-        if let Some(token) = h.lose_live_lease(LeaseLost::NotHeld) {
-            warn!(key = %show(&h.key), owner = %h.owner, token, "lock re-entry found the lease lost");
-        }
-        debug!(key = %show(&h.key), owner = %h.owner, "lock not granted");
-    }
-
-    /// Fails the acquire, after giving the grant back, when fewer replicas
-    /// than asked acknowledged it.
-    async fn check_replicas(
-        &self,
-        d: Durability,
-        acked: Result<u64, Error>,
-        token: u64,
-        reentry: bool,
-    ) -> Result<(), Error> {
-        let Err(e) = check_durability(d, acked) else {
-            return Ok(());
-        };
-        let h = &self.handle;
-        warn!(key = %show(&h.key), owner = %h.owner, token, error = %e, "grant not acknowledged by replicas; releasing it");
-        if !reentry {
-            // A new token: the lease this handle held had ended.
-            h.lose_live_lease(LeaseLost::NotHeld);
-        }
-        h.undo_grant(reentry).await;
-        Err(e)
-    }
-
-    /// The grant may have come at any time during a wait: when it came
-    /// later than a renewal interval after the send, confirms the lease
-    /// with a renewal, so that the local deadline is measured from a known
-    /// send time. (If that fails, the watchdog finds the deadline near or
-    /// past and says so.)
-    async fn confirm_after_wait(&self, attempt: &Attempt, token: u64, sent: Instant) -> Confirmed {
-        let unconfirmed = Confirmed { sent, gone: false };
-        if !attempt.may_block() || Instant::now() < sent + attempt.params.renew_every {
-            return unconfirmed;
-        }
-        let h = &self.handle;
-        let confirm_sent = Instant::now();
-        match h.renew(&mut h.conn(), attempt.params.ttl_ms()).await {
-            Ok(true) => Confirmed {
-                sent: confirm_sent,
-                gone: false,
-            },
-            Ok(false) => Confirmed { sent, gone: true },
-            Err(e) => {
-                warn!(key = %show(&h.key), owner = %h.owner, token, error = %e, "could not confirm a lease granted after a wait");
-                unconfirmed
-            }
-        }
-    }
-
-    /// Records the grant (joining the held lease or starting a new one with
-    /// its watchdog) and hands out its guard.
-    fn hand_out(
-        &self,
-        token: u64,
-        params: LeaseParams,
-        confirmed: Confirmed,
-        runtime: &tokio::runtime::Handle,
-    ) -> Guard<C> {
-        let h = &self.handle;
-        let lease = match h.record_grant(token, params, confirmed.sent) {
-            Recorded::Joined(lease) => lease,
-            Recorded::Started(lease) => {
-                watchdog::spawn(runtime, Arc::clone(&lease), Arc::clone(h));
-                lease
-            }
-        };
-        if confirmed.gone {
-            // Granted, then gone before the confirmation (a ttl shorter than
-            // the round trip): the guard is handed out already lost.
-            lease.lose(LeaseLost::NotHeld);
-        }
-        Guard::new(Arc::clone(h), lease)
-    }
-}
-
-/// `LOCK.ACQUIRE` and the replication `WAIT` in one pipeline, so that the
-/// `WAIT` runs on the same server connection right after the grant: it then
-/// counts the replicas that have the grant, and on a cluster connection it is
-/// routed with the key (a lone `WAIT` goes to every primary). Returns the
-/// token and `WAIT`'s reply.
-async fn acquire_and_wait<C: Connection>(
-    conn: &mut C,
-    acquire: Cmd,
-    d: Durability,
-) -> Result<(Option<u64>, Result<u64, Error>), Error> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors()
-        .add_command(acquire)
-        .add_command(commands::wait_replicas(d));
-    let replies: Vec<Value> = pipe.query_async(conn).await?;
-    let mut replies = replies.into_iter();
-    let token = commands::token(replies.next().unwrap_or(Value::Nil))?;
-    let acked = replies
-        .next()
-        .ok_or_else(|| Error::UnexpectedReply {
-            command: "WAIT",
-            reply: "no reply".into(),
-        })
-        .and_then(commands::acked);
-    Ok((token, acked))
-}
-
-fn check_durability(d: Durability, acked: Result<u64, Error>) -> Result<(), Error> {
-    let acked = acked?;
-    if acked >= d.replicas {
-        Ok(())
-    } else {
-        Err(Error::NotDurable {
-            acked,
-            wanted: d.replicas,
-            timeout: std::time::Duration::from_millis(d.timeout_ms),
-        })
+        self.handle.force_release(None).await
     }
 }
 

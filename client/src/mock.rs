@@ -27,7 +27,17 @@ pub(crate) enum Answer {
     Late(Duration, i64),
     /// Any reply.
     Reply(Value),
+    /// An error reply: the text after `-`, e.g. `ERR something`.
+    Error(&'static str),
 }
+
+/// The error reply `-text` as the `redis` crate parses it.
+pub(crate) fn server_error(text: &str) -> Value {
+    redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).unwrap()
+}
+
+/// The module's upgrade refusal.
+pub(crate) const UPGRADE: &str = "ERR the owner holds this lock shared: upgrading to exclusive would deadlock when two readers try; release the shared holds first";
 
 /// Milliseconds.
 pub(crate) fn ms(n: u64) -> Duration {
@@ -46,6 +56,61 @@ pub(crate) fn info_fields(owner: &str, holds: i64) -> Vec<(Value, Value)> {
         (name("token"), Value::Int(7)),
         (name("waiters"), Value::Int(1)),
     ]
+}
+
+/// A field name as the module sends it.
+fn name(s: &str) -> Value {
+    Value::SimpleString(s.into())
+}
+
+/// The holders of a shared lock or a semaphore, each `(owner, holds or
+/// permits)`, in `shape` (RESP3 [`Value::Map`] or RESP2 [`flat`]): holder
+/// `i` has ttl 9000 + i ms and token 10 + i.
+fn holders(shape: fn(Vec<(Value, Value)>) -> Value, count: &str, of: &[(&str, i64)]) -> Value {
+    let entries = of
+        .iter()
+        .zip(0..)
+        .map(|((owner, n), i)| {
+            shape(vec![
+                (name("owner"), Value::BulkString(owner.as_bytes().to_vec())),
+                (name(count), Value::Int(*n)),
+                (name("ttl"), Value::Int(9000 + i)),
+                (name("token"), Value::Int(10 + i)),
+            ])
+        })
+        .collect();
+    Value::Array(entries)
+}
+
+/// `LOCK.INFO` of a read/write lock held shared, in `shape`: 2 waiters.
+pub(crate) fn shared_info(shape: fn(Vec<(Value, Value)>) -> Value, of: &[(&str, i64)]) -> Value {
+    shape(vec![
+        (name("mode"), name("shared")),
+        (name("waiters"), Value::Int(2)),
+        (name("holders"), holders(shape, "holds", of)),
+    ])
+}
+
+/// `LOCK.INFO` of a semaphore of `limit`, in `shape`: 1 waiter, the
+/// permits the holders do not hold available.
+pub(crate) fn semaphore_info(
+    shape: fn(Vec<(Value, Value)>) -> Value,
+    limit: i64,
+    of: &[(&str, i64)],
+) -> Value {
+    let held: i64 = of.iter().map(|(_, n)| n).sum();
+    shape(vec![
+        (name("mode"), name("semaphore")),
+        (name("limit"), Value::Int(limit)),
+        (name("available"), Value::Int(limit - held)),
+        (name("waiters"), Value::Int(1)),
+        (name("holders"), holders(shape, "permits", of)),
+    ])
+}
+
+/// Field/value pairs as a RESP3 map.
+pub(crate) fn map(pairs: Vec<(Value, Value)>) -> Value {
+    Value::Map(pairs)
 }
 
 /// Field/value pairs as a RESP2 flat array.
@@ -174,6 +239,7 @@ async fn reply(answer: Option<Answer>) -> RedisResult<Value> {
         Some(Answer::Int(n)) => Ok(Value::Int(n)),
         Some(Answer::Nil) => Ok(Value::Nil),
         Some(Answer::Reply(v)) => Ok(v),
+        Some(Answer::Error(text)) => Ok(server_error(text)),
         Some(Answer::Late(d, n)) => {
             tokio::time::sleep(d).await;
             Ok(Value::Int(n))

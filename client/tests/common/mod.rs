@@ -32,7 +32,7 @@ pub async fn admin(server: &Server) -> MultiplexedConnection {
         .expect("admin connection")
 }
 
-/// `LOCK.INFO key`, parsed (RESP2 flat array).
+/// `LOCK.INFO key` of an exclusive lock, parsed (RESP2 flat array).
 pub async fn info(conn: &mut MultiplexedConnection, key: &str) -> Option<LockInfo> {
     let reply: Option<Vec<redis::Value>> = redis::cmd("LOCK.INFO")
         .arg(key)
@@ -56,6 +56,15 @@ pub async fn info(conn: &mut MultiplexedConnection, key: &str) -> Option<LockInf
             "ttl" => info.ttl_ms = redis::from_redis_value(value).expect("ttl"),
             "token" => info.token = redis::from_redis_value(value).expect("token"),
             "waiters" => info.waiters = redis::from_redis_value(value).expect("waiters"),
+            // The lock family's servers name the mode; this reads only the
+            // exclusive shape.
+            "mode" => {
+                let mode: String = redis::from_redis_value(value).expect("mode");
+                assert_eq!(
+                    mode, "exclusive",
+                    "LOCK.INFO {key} is not an exclusive lock"
+                );
+            }
             other => panic!("LOCK.INFO has an unknown field {other}"),
         }
     }
