@@ -278,6 +278,7 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         Apply::Share {
             owner,
+            only,
             limit,
             exclusive,
             shared,
@@ -297,7 +298,7 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             )
             .map_err(refused)?;
             match lock_in(&key) {
-                Ok(Some(lock)) => lock.upsert(limit, holder).map_err(refused)?,
+                Ok(Some(lock)) if !only => lock.upsert(limit, holder).map_err(refused)?,
                 _ => {
                     let mut lock = Lock::default();
                     lock.upsert(limit, holder).map_err(refused)?;

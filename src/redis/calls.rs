@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use redis_module::{raw, Context, RedisString};
 
+use crate::rules::effect;
 use crate::rules::encoding::FieldSource;
 use crate::rules::lock::{Lock, Mode};
 use crate::rules::queue::WaiterId;
@@ -325,8 +326,8 @@ impl RdbWriter {
 }
 
 /// Writes the `LOCK.APPLY` commands that rebuild `lock` into an AOF being
-/// rewritten: the first release's 5-argument form for a single exclusive
-/// holder, one share form per holder otherwise.
+/// rewritten: one per holder, in the form the master replicates
+/// (`rules::effect`).
 pub(super) fn emit_apply(
     aof: *mut raw::RedisModuleIO,
     key: *mut raw::RedisModuleString,
@@ -336,105 +337,43 @@ pub(super) fn emit_apply(
     let Some(emit) = (unsafe { raw::RedisModule_EmitAOF }) else {
         return;
     };
-    // The numbers go as C strings (text is unambiguous; the variadic "l"
-    // would depend on C's promotion rules); the owner as a binary-safe
-    // buffer; the key as the RedisModuleString Redis handed over.
-    let text = |v: u64| std::ffi::CString::new(v.to_string()).unwrap_or_default();
     for (i, h) in lock.holders.iter().enumerate() {
-        let (token, deadline) = (text(h.token), text(h.deadline_ms));
-        match share_form(lock, i) {
-            Share::Exclusive => {
-                let holds = text(h.exclusive);
-                // SAFETY: `aof`, `key`: the running `aof_rewrite` callback's
-                // arguments; each pointer matches its letter of "sbccc" and
-                // outlives the call.
-                unsafe {
-                    emit(
-                        aof,
-                        c"LOCK.APPLY".as_ptr(),
-                        c"sbccc".as_ptr(),
-                        key,
-                        h.owner.as_ptr(),
-                        h.owner.len(),
-                        holds.as_ptr(),
-                        token.as_ptr(),
-                        deadline.as_ptr(),
-                    );
-                }
-            }
-            Share::Shared | Share::Permits => {
-                let (n, kind, m) = if lock.limit > 0 {
-                    (text(h.shared), c"LIMIT", text(u64::from(lock.limit)))
-                } else {
-                    (text(h.exclusive), c"SHARED", text(h.shared))
-                };
-                match &h.memo {
-                    // SAFETY: as above, with "sbccccc".
-                    None => unsafe {
-                        emit(
-                            aof,
-                            c"LOCK.APPLY".as_ptr(),
-                            c"sbccccc".as_ptr(),
-                            key,
-                            h.owner.as_ptr(),
-                            h.owner.len(),
-                            n.as_ptr(),
-                            token.as_ptr(),
-                            deadline.as_ptr(),
-                            kind.as_ptr(),
-                            m.as_ptr(),
-                        );
-                    },
-                    Some(memo) => {
-                        let reply = text(memo.reply);
-                        // SAFETY: as above, with "sbccccccbc" (the
-                        // remembered request's id buffer and its reply).
-                        unsafe {
-                            emit(
-                                aof,
-                                c"LOCK.APPLY".as_ptr(),
-                                c"sbccccccbc".as_ptr(),
-                                key,
-                                h.owner.as_ptr(),
-                                h.owner.len(),
-                                n.as_ptr(),
-                                token.as_ptr(),
-                                deadline.as_ptr(),
-                                kind.as_ptr(),
-                                m.as_ptr(),
-                                c"ID".as_ptr(),
-                                memo.id.as_ptr(),
-                                memo.id.len(),
-                                reply.as_ptr(),
-                            );
-                        }
-                    }
-                }
-            }
+        let Some(state) = effect::state_of(lock, i) else {
+            continue;
+        };
+        let state = state.as_bytes();
+        match &h.memo {
+            // SAFETY: `aof`, `key`: the running `aof_rewrite` callback's
+            // arguments; each pointer matches its letter of "sbb" (the
+            // key, the owner buffer, the state buffer) and outlives the call.
+            None => unsafe {
+                emit(
+                    aof,
+                    c"LOCK.APPLY".as_ptr(),
+                    c"sbb".as_ptr(),
+                    key,
+                    h.owner.as_ptr(),
+                    h.owner.len(),
+                    state.as_ptr(),
+                    state.len(),
+                );
+            },
+            // SAFETY: as above, with "sbbb" (and the request id buffer).
+            Some(memo) => unsafe {
+                emit(
+                    aof,
+                    c"LOCK.APPLY".as_ptr(),
+                    c"sbbb".as_ptr(),
+                    key,
+                    h.owner.as_ptr(),
+                    h.owner.len(),
+                    state.as_ptr(),
+                    state.len(),
+                    memo.id.as_ptr(),
+                    memo.id.len(),
+                );
+            },
         }
-    }
-}
-
-/// Which `LOCK.APPLY` form carries a holder's share.
-enum Share {
-    /// The key holds exactly this one exclusive holder: the first release's
-    /// 5-argument form (what an exclusive lock has always replicated).
-    Exclusive,
-    /// `... SHARED shared`.
-    Shared,
-    /// `... LIMIT limit`.
-    Permits,
-}
-
-fn share_form(lock: &Lock, i: usize) -> Share {
-    match (lock.mode(), lock.holders.get(i)) {
-        (Mode::Semaphore, _) => Share::Permits,
-        (Mode::Exclusive, Some(h))
-            if h.shared == 0 && h.memo.is_none() && lock.holders.len() == 1 =>
-        {
-            Share::Exclusive
-        }
-        _ => Share::Shared,
     }
 }
 
@@ -468,80 +407,48 @@ pub(super) fn digest_lock(md: *mut raw::RedisModuleDigest, lock: &Lock) {
 // ------------------------------------------------- replication, notification
 
 /// Replicates the share of the holder at `i` as its effect, with absolute
-/// deadline and token, without building strings first:
-/// `LOCK.APPLY key owner holds token deadline-ms` for a key that holds just
-/// this exclusive holder, else `... n token deadline-ms SHARED shared` or
-/// `... permits token deadline-ms LIMIT limit`.
+/// deadline and token: `LOCK.APPLY key owner state [request-id]`
+/// (`rules::effect`), three or four arguments that Redis only copies.
 pub fn replicate_share(ctx: &Context, key: &RedisString, lock: &Lock, i: usize) {
     // SAFETY: reading a function pointer Redis filled in at module load.
     let Some(replicate) = (unsafe { raw::RedisModule_Replicate }) else {
         return;
     };
-    let Some(h) = lock.holders.get(i) else {
+    let (Some(h), Some(state)) = (lock.holders.get(i), effect::state_of(lock, i)) else {
         return;
     };
-    match share_form(lock, i) {
+    let state = state.as_bytes();
+    match &h.memo {
         // SAFETY: `ctx.ctx` is the running callback's context and
         // `key.inner` a live string; every argument matches its letter of
-        // "sblll".
-        Share::Exclusive => unsafe {
+        // "sbb" (key, owner buffer, state buffer); Redis copies the buffers.
+        None => unsafe {
             replicate(
                 ctx.ctx,
                 c"LOCK.APPLY".as_ptr(),
-                c"sblll".as_ptr(),
+                c"sbb".as_ptr(),
                 key.inner,
                 h.owner.as_ptr(),
                 h.owner.len(),
-                as_i64(h.exclusive),
-                as_i64(h.token),
-                as_i64(h.deadline_ms),
+                state.as_ptr(),
+                state.len(),
             );
         },
-        form => {
-            let (n, kind, m) = match form {
-                Share::Permits => (h.shared, c"LIMIT", u64::from(lock.limit)),
-                _ => (h.exclusive, c"SHARED", h.shared),
-            };
-            match &h.memo {
-                // SAFETY: as above, with "sblllcl".
-                None => unsafe {
-                    replicate(
-                        ctx.ctx,
-                        c"LOCK.APPLY".as_ptr(),
-                        c"sblllcl".as_ptr(),
-                        key.inner,
-                        h.owner.as_ptr(),
-                        h.owner.len(),
-                        as_i64(n),
-                        as_i64(h.token),
-                        as_i64(h.deadline_ms),
-                        kind.as_ptr(),
-                        as_i64(m),
-                    );
-                },
-                // SAFETY: as above, with "sblllclcbl" (the remembered
-                // request: "ID", its id buffer, its reply).
-                Some(memo) => unsafe {
-                    replicate(
-                        ctx.ctx,
-                        c"LOCK.APPLY".as_ptr(),
-                        c"sblllclcbl".as_ptr(),
-                        key.inner,
-                        h.owner.as_ptr(),
-                        h.owner.len(),
-                        as_i64(n),
-                        as_i64(h.token),
-                        as_i64(h.deadline_ms),
-                        kind.as_ptr(),
-                        as_i64(m),
-                        c"ID".as_ptr(),
-                        memo.id.as_ptr(),
-                        memo.id.len(),
-                        as_i64(memo.reply),
-                    );
-                },
-            }
-        }
+        // SAFETY: as above, with "sbbb" (and the request id buffer).
+        Some(memo) => unsafe {
+            replicate(
+                ctx.ctx,
+                c"LOCK.APPLY".as_ptr(),
+                c"sbbb".as_ptr(),
+                key.inner,
+                h.owner.as_ptr(),
+                h.owner.len(),
+                state.as_ptr(),
+                state.len(),
+                memo.id.as_ptr(),
+                memo.id.len(),
+            );
+        },
     }
 }
 

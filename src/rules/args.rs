@@ -2,6 +2,7 @@
 //! bytes into typed requests, or into an error reply that starts with `ERR`.
 //! Plain Rust; nothing here touches the server.
 
+use super::effect::{parse_state, Kind};
 use super::lock::{Want, MAX_HOLDS, MAX_OWNER_LEN, MAX_PERMITS, MAX_REQUEST_ID_LEN, MAX_TTL_MS};
 
 /// A rejected command: the full error reply text (it starts with a code).
@@ -59,28 +60,28 @@ pub struct ForceRelease<'a> {
 }
 
 /// `LOCK.APPLY ...` — the replicated effect of every change, with absolute
-/// deadlines (see docs/INTERFACE.md).
+/// deadlines (see docs/INTERFACE.md and `rules::effect`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Apply<'a> {
-    /// `key owner holds token deadline-ms`: the key holds exactly this
-    /// exclusive holder.
+    /// `key owner holds token deadline-ms` (the first release's form): the
+    /// key holds exactly this exclusive holder.
     Exclusive {
         owner: &'a [u8],
         holds: u64,
         token: u64,
         deadline_ms: u64,
     },
-    /// `key owner n token deadline-ms SHARED shared | LIMIT limit`: this
-    /// owner's share of a read/write lock (`n` exclusive holds, `shared`
-    /// shared holds) or of a semaphore (`n` permits, `limit` 1..).
+    /// `key owner state [request-id]`: one holder's share (`only`: the key
+    /// holds exactly this read/write holder).
     Share {
         owner: &'a [u8],
+        only: bool,
         limit: u32,
         exclusive: u64,
         shared: u64,
         token: u64,
         deadline_ms: u64,
-        /// `... ID request-id reply`: the owner's last request and its reply.
+        /// The owner's last request id and its reply.
         memo: Option<(&'a [u8], u64)>,
     },
     /// `key owner DROP`: this owner's share leaves the key.
@@ -99,7 +100,7 @@ pub const ERR_RELEASE_OPTION: &str =
     "ERR syntax error: the options are COUNT n and ID request-id, each once";
 pub const ERR_RELEASE_COUNT: &str = "ERR COUNT n must be an integer from 1 to 2^63-1";
 pub const ERR_APPLY: &str =
-    "ERR LOCK.APPLY needs integers: holds 0..2^63-1 (>= 1 in all), token >= 1, deadline-ms >= 1, SHARED n or LIMIT 1..1000000";
+    "ERR LOCK.APPLY needs holds, token and deadline-ms >= 1 as integers, or a state 'x|s|p n m token deadline-ms [reply]' (a reply exactly with a request id), or DROP";
 
 /// A non-negative decimal integer, strictly digits (no sign, no spaces).
 fn parse_u64(raw: &[u8]) -> Option<u64> {
@@ -279,54 +280,43 @@ pub fn force_release<'a>(args: &[&'a [u8]]) -> Result<ForceRelease<'a>, ArgError
 /// Parses the arguments after the command name.
 pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
     let bad = || ArgError::Invalid(ERR_APPLY);
-    let num = |raw: &[u8]| match parse_u64(raw) {
-        Some(n) if n <= MAX_HOLDS => Ok(n),
+    let positive = |raw: &[u8]| match parse_u64(raw) {
+        Some(n) if (1..=MAX_HOLDS).contains(&n) => Ok(n),
         _ => Err(bad()),
     };
-    let positive = |raw: &[u8]| num(raw).and_then(|n| if n >= 1 { Ok(n) } else { Err(bad()) });
     match args {
         [_key, owner, drop] if drop.eq_ignore_ascii_case(b"DROP") => Ok(Apply::Drop {
             owner: parse_owner(owner)?,
         }),
+        [_key, owner, state, id @ ..] if id.len() <= 1 => {
+            let owner = parse_owner(owner)?;
+            let state = parse_state(state).ok_or_else(bad)?;
+            let memo = match (id.first(), state.reply) {
+                (None, None) => None,
+                (Some(id), Some(reply)) => Some((parse_id(id).map_err(|_| bad())?, reply)),
+                _ => return Err(bad()),
+            };
+            let (limit, exclusive, shared) = state.shape();
+            if exclusive == 0 && shared == 0 || state.token == 0 || state.deadline_ms == 0 {
+                return Err(bad());
+            }
+            Ok(Apply::Share {
+                owner,
+                only: state.kind == Kind::Only,
+                limit,
+                exclusive,
+                shared,
+                token: state.token,
+                deadline_ms: state.deadline_ms,
+                memo,
+            })
+        }
         [_key, owner, holds, token, deadline] => Ok(Apply::Exclusive {
             owner: parse_owner(owner)?,
             holds: positive(holds)?,
             token: positive(token)?,
             deadline_ms: positive(deadline)?,
         }),
-        [_key, owner, n, token, deadline, kind, m, memo @ ..] => {
-            let memo = match memo {
-                [] => None,
-                [word, id, reply] if word.eq_ignore_ascii_case(b"ID") => {
-                    Some((parse_id(id).map_err(|_| bad())?, num(reply)?))
-                }
-                _ => return Err(bad()),
-            };
-            let owner = parse_owner(owner)?;
-            let (n, m) = (num(n)?, num(m)?);
-            let (limit, exclusive, shared) = if kind.eq_ignore_ascii_case(b"SHARED") {
-                (0, n, m)
-            } else if kind.eq_ignore_ascii_case(b"LIMIT") {
-                match u32::try_from(m) {
-                    Ok(l) if (1..=MAX_PERMITS).contains(&l) => (l, 0, n),
-                    _ => return Err(bad()),
-                }
-            } else {
-                return Err(bad());
-            };
-            if exclusive == 0 && shared == 0 {
-                return Err(bad());
-            }
-            Ok(Apply::Share {
-                owner,
-                limit,
-                exclusive,
-                shared,
-                token: positive(token)?,
-                deadline_ms: positive(deadline)?,
-                memo,
-            })
-        }
         _ => Err(ArgError::Arity),
     }
 }
@@ -422,10 +412,8 @@ mod tests {
         assert!(apply(&v(&["k", "o", "1", "2", "3"])).is_ok());
         assert!(apply(&v(&["k", "o", "0", "2", "3"])).is_err());
         assert!(apply(&v(&["k", "o", "1", "9223372036854775808", "3"])).is_err());
-        assert_eq!(
-            apply(&v(&["k", "o", "1", "2"])).err(),
-            Some(ArgError::Arity)
-        );
+        assert!(apply(&v(&["k", "o", "1", "2"])).is_err());
+        assert_eq!(apply(&v(&["k", "o"])).err(), Some(ArgError::Arity));
     }
 
     #[test]
@@ -583,9 +571,10 @@ mod tests {
             Ok(Apply::Drop { owner: b"o" })
         );
         assert_eq!(
-            apply(&v(&["k", "o", "0", "2", "3", "SHARED", "4"])),
+            apply(&v(&["k", "o", "s 0 4 2 3"])),
             Ok(Apply::Share {
                 owner: b"o",
+                only: false,
                 limit: 0,
                 exclusive: 0,
                 shared: 4,
@@ -595,23 +584,31 @@ mod tests {
             })
         );
         assert_eq!(
-            apply(&v(&["k", "o", "5", "2", "3", "LIMIT", "9"])),
+            apply(&v(&["k", "o", "p 5 9 2 3 2", "req"])),
             Ok(Apply::Share {
                 owner: b"o",
+                only: false,
                 limit: 9,
                 exclusive: 0,
                 shared: 5,
                 token: 2,
                 deadline_ms: 3,
-                memo: None
+                memo: Some((b"req", 2))
             })
         );
+        assert!(matches!(
+            apply(&v(&["k", "o", "x 1 0 2 3"])),
+            Ok(Apply::Share { only: true, .. })
+        ));
         for bad in [
-            &["k", "o", "0", "2", "3", "SHARED", "0"][..],
-            &["k", "o", "1", "2", "3", "LIMIT", "0"],
-            &["k", "o", "1", "2", "3", "LIMIT", "1000001"],
-            &["k", "o", "1", "0", "3", "SHARED", "1"],
-            &["k", "o", "1", "2", "3", "OTHER", "1"],
+            &["k", "o", "s 0 0 2 3"][..],
+            &["k", "o", "x 1 0 0 3"],
+            &["k", "o", "x 1 0 2 0"],
+            &["k", "o", "x 1 0 2 3 5"],
+            &["k", "o", "x 1 0 2 3", "req"],
+            &["k", "o", "x 1 0 2 3 5", ""],
+            &["k", "o", "p 1 0 2 3"],
+            &["k", "o", "y 1 0 2 3"],
         ] {
             assert_eq!(
                 apply(&v(bad)).err(),
@@ -619,5 +616,10 @@ mod tests {
                 "{bad:?}"
             );
         }
+        assert!(apply(&v(&["k", "o", "x 1 0 2 3 5", "r", "z"])).is_err());
+        assert_eq!(
+            apply(&v(&["k", "o", "x 1 0 2 3 5", "r", "z", "w"])).err(),
+            Some(ArgError::Arity)
+        );
     }
 }

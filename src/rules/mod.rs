@@ -8,9 +8,12 @@
 //! - `queue`: the FIFO wait queues and the hand-off rule;
 //! - `args`: turning argument bytes into typed requests or coded errors;
 //! - `encoding`: the value's RDB encoding and the checks a loaded value
-//!   must pass.
+//!   must pass;
+//! - `effect`: the replicated effect of a change (`LOCK.APPLY`'s state
+//!   argument).
 
 pub mod args;
+pub mod effect;
 pub mod encoding;
 pub mod lock;
 pub mod queue;
