@@ -10,6 +10,7 @@ use crate::expiry;
 use crate::key::LockKey;
 use crate::redis::calls::{self, ScannedLock, WaitOutcome};
 use crate::rules::lock::Lock;
+use crate::rules::queue::QueueKey;
 use crate::state::{self, is_master, now_ms};
 
 /// The answer to cluster waiters whose lock was removed or moved by a
@@ -64,6 +65,19 @@ pub fn on_lock_unlinked(db: i32, key: &[u8], value: usize, token: u64) {
             arm = true;
         }
         arm && s.sweep_timer.is_none()
+    });
+    if arm {
+        let id = calls::start_detached_timer(0, on_sweep_timer);
+        state::with(|s| s.sweep_timer = id);
+    }
+}
+
+/// The queue of `key` lost its head waiter while others wait: serve it
+/// right after the callback that saw it (the sweep timer).
+pub fn serve_soon(key: QueueKey) {
+    let arm = state::with(|s| {
+        s.unserved.insert(key);
+        s.sweep_timer.is_none()
     });
     if arm {
         let id = calls::start_detached_timer(0, on_sweep_timer);
@@ -136,20 +150,32 @@ fn on_sweep_timer(ctx: &Context) {
         state::with(|s| s.sweep_timer = id);
         return;
     }
-    let keys: Vec<_> = state::with(|s| {
+    let (keys, unserved): (Vec<_>, Vec<_>) = state::with(|s| {
         s.sweep_timer = None;
-        s.orphaned.drain().collect()
+        (s.orphaned.drain().collect(), s.unserved.drain().collect())
     });
     if !is_master(ctx) {
         return;
     }
     track_relocated(ctx);
+    let now = now_ms();
+    // Queues whose head waiter left: whoever fits now is served (the key
+    // is where it was; nothing moved).
+    for (db, name) in unserved {
+        if !calls::select_db(ctx, db) {
+            continue;
+        }
+        let name_string = calls::key_string(ctx, &name);
+        let key = LockKey::open(ctx, &name_string);
+        if key.current(now).is_ok() {
+            let _ = key.serve(now);
+        }
+    }
     // In a cluster the name may have left this node (MIGRATE deletes it
     // here like DEL does), so granting it here could create a lock in a
     // slot this node no longer serves. Waiters are told to retry instead;
     // cluster clients re-route the retry (MOVED/ASK) to the key's node.
     let cluster = ctx.get_flags().contains(ContextFlags::CLUSTER);
-    let now = now_ms();
     for (db, name) in keys {
         let answer_all = |error: &'static str| {
             for w in state::with(|s| s.queues.take_all(db, &name)) {

@@ -38,6 +38,9 @@ pub struct State {
     /// Keys whose lock may have vanished under their waiters (DEL, RENAME,
     /// FLUSHDB, ...), looked at by the next run of the sweep timer.
     pub orphaned: HashSet<QueueKey>,
+    /// Keys whose head waiter left (timed out, unblocked, disconnected)
+    /// while others wait: the sweep timer serves their queues.
+    pub unserved: HashSet<QueueKey>,
     /// The sweep timer, when armed.
     pub sweep_timer: Option<u64>,
     /// Lock values that left their key by a generic command and may live on

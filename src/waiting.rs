@@ -5,6 +5,7 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
+use crate::events;
 use crate::key::LockKey;
 use crate::metrics::{bump, STATS};
 use crate::redis::calls::{self, WaitHandlers, WaitOutcome};
@@ -63,7 +64,7 @@ fn reply(ctx: &Context, outcome: WaitOutcome) {
 /// The wait timed out (or `CLIENT UNBLOCK` without ERROR): leave the queue,
 /// answer nil.
 fn timed_out(ctx: &Context, id: WaiterId) {
-    if state::with(|s| s.queues.remove(id)).is_some() {
+    if leave(id) {
         bump(&STATS.wait_timeouts);
     }
     ctx.reply(Ok(RedisValue::Null));
@@ -73,7 +74,21 @@ fn timed_out(ctx: &Context, id: WaiterId) {
 /// ... ERROR`, demotion): leave the queue so the lock is never handed to a
 /// client that cannot receive it.
 fn abandoned(id: WaiterId) {
-    if state::with(|s| s.queues.remove(id)).is_some() {
+    if leave(id) {
         bump(&STATS.wait_abandoned);
     }
+}
+
+/// Takes a waiter out of its queue; when it was the head and others still
+/// wait, what it waited for may now fit someone behind it, so its key is
+/// served right after this callback (by the sweep timer: these callbacks
+/// may not write). False when it was not queued.
+fn leave(id: WaiterId) -> bool {
+    let Some((_, serve)) = state::with(|s| s.queues.remove(id)) else {
+        return false;
+    };
+    if let Some(key) = serve {
+        events::serve_soon(key);
+    }
+    true
 }

@@ -77,16 +77,20 @@ impl WaitQueues {
     }
 
     /// Takes a waiter out of its queue (timeout, disconnect, unblock).
-    /// `None` when it is not queued (already served or removed).
-    pub fn remove(&mut self, id: WaiterId) -> Option<Waiter> {
+    /// `None` when it is not queued (already served or removed). With the
+    /// waiter comes its key when it was the head of a queue that others
+    /// still wait in: they may fit now (a semaphore waiter needing fewer
+    /// permits, readers behind a writer), so the queue must be served.
+    pub fn remove(&mut self, id: WaiterId) -> Option<(Waiter, Option<QueueKey>)> {
         let k = self.location.remove(&id)?;
         let q = self.queues.get_mut(&k)?;
         let pos = q.iter().position(|w| w.id == id)?;
-        let w = q.remove(pos);
+        let w = q.remove(pos)?;
         if q.is_empty() {
             self.queues.remove(&k);
+            return Some((w, None));
         }
-        w
+        Some((w, (pos == 0).then_some(k)))
     }
 
     /// Number of waiters for a key.
@@ -443,11 +447,25 @@ mod tests {
         let mut q = WaitQueues::default();
         q.push(0, b"k", w(1, "a", X, None));
         q.push(0, b"k", w(2, "b", X, None));
-        assert_eq!(q.remove(1).map(|w| w.id), Some(1));
+        assert_eq!(
+            q.remove(1).map(|(w, k)| (w.id, k)),
+            Some((1, Some((0, b"k"[..].into()))))
+        );
         assert_eq!(q.remove(1), None);
         let mut lock = Lock::default();
         assert_eq!(ids(&serve(&mut q, &mut lock, 0).granted), vec![2]);
         assert_eq!(q.remove(2), None);
+    }
+
+    #[test]
+    fn only_a_head_that_leaves_others_waiting_asks_for_service() {
+        let mut q = WaitQueues::default();
+        for id in 1..=3 {
+            q.push(0, b"k", w(id, "a", X, None));
+        }
+        assert_eq!(q.remove(2).map(|(_, k)| k), Some(None), "not the head");
+        assert_eq!(q.remove(1).map(|(_, k)| k.is_some()), Some(true));
+        assert_eq!(q.remove(3).map(|(_, k)| k), Some(None), "nobody left");
     }
 
     #[test]
