@@ -12,6 +12,8 @@
 )]
 
 pub mod cluster;
+pub mod family;
+pub mod fixtures;
 pub mod hostile;
 pub mod lock;
 pub mod replication;
