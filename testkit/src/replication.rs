@@ -32,8 +32,16 @@ pub fn replica_with_aof(master: &Server) -> Server {
 }
 
 /// Waits (`WAIT n`, at most [`PATIENCE`]) until `n` replicas of the master
-/// behind `m` have processed everything it sent them.
+/// behind `m` have processed everything it sent them, whichever connection
+/// wrote it. (`WAIT` counts only up to the last write of the connection it
+/// is sent on, and a fresh connection has written nothing: a `PUBLISH` on
+/// `m` first moves that mark to the end of the replication stream.)
 pub fn synced(m: &mut Connection, n: i64) {
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("testkit:synced")
+        .arg("")
+        .query(m)
+        .expect("PUBLISH");
     let acked: i64 = redis::cmd("WAIT")
         .arg(n)
         .arg(PATIENCE.as_millis() as u64)
