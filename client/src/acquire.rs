@@ -1,8 +1,10 @@
-//! One acquire through a handle, in its steps — send, check the replicas,
-//! confirm after a wait, hand out the guard — the same for an exclusive
-//! lock, a read or write lock and semaphore permits (the [`Request`]).
+//! One acquire through a handle, in its steps — send (again, with the same
+//! request id, while no answer comes), check the replicas, confirm after a
+//! wait, hand out the guard — the same for an exclusive lock, a read or
+//! write lock and semaphore permits (the [`Request`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::{Cmd, Value};
 use tokio::time::Instant;
@@ -14,7 +16,8 @@ use crate::error::{Error, LeaseLost};
 use crate::guard::Guard;
 use crate::handle::{Handle, Recorded};
 use crate::lease::Hold;
-use crate::options::{AcquireOptions, Durability, LeaseParams};
+use crate::options::{ceil_ms, AcquireOptions, Durability, LeaseParams};
+use crate::retry::Retries;
 use crate::watchdog;
 
 /// One acquire as it goes to the server.
@@ -23,7 +26,8 @@ struct Attempt {
     request: Request,
     /// The lease's parameters: the held lease's on a re-entry.
     params: LeaseParams,
-    /// `LOCK.ACQUIRE`'s `WAIT` argument.
+    /// `LOCK.ACQUIRE`'s `WAIT` argument (`Some(0)`: no limit) for the
+    /// first attempt.
     wait_ms: Option<u64>,
     /// The replication `WAIT` after the grant.
     durability: Option<Durability>,
@@ -34,6 +38,37 @@ impl Attempt {
     /// replication `WAIT`).
     fn may_block(&self) -> bool {
         self.wait_ms.is_some() || self.durability.is_some()
+    }
+
+    /// How long the acquire is retried while no answer comes: as long as it
+    /// may block on the server (its wait, then the replicas' `WAIT`
+    /// timeout), and at least for the ttl (after which a grant of a lost
+    /// attempt has expired anyway); `None` for a wait without limit.
+    fn retry_window(&self) -> Option<Duration> {
+        let replicas = self
+            .durability
+            .map_or(Duration::ZERO, |d| Duration::from_millis(d.timeout_ms));
+        let blocks = match self.wait_ms {
+            None => replicas,
+            Some(0) => return None,
+            Some(ms) => Duration::from_millis(ms) + replicas,
+        };
+        Some(self.params.ttl.max(blocks))
+    }
+
+    /// The `WAIT` argument of an attempt sent at `now` when the first was
+    /// sent at `first_sent`: the wait that is left, at least 1 ms (0 would
+    /// mean no limit).
+    fn wait_ms_left(&self, first_sent: Instant, now: Instant) -> Option<u64> {
+        match self.wait_ms {
+            None => None,
+            Some(0) => Some(0),
+            Some(ms) => {
+                let end = first_sent + Duration::from_millis(ms);
+                let left = ceil_ms(end.saturating_duration_since(now));
+                Some(left.clamp(1, u128::from(ms)) as u64)
+            }
+        }
     }
 
     /// What the guard of a grant stands for.
@@ -50,7 +85,8 @@ impl Attempt {
 struct Reply {
     /// The fencing token, `None` when not granted.
     token: Option<u64>,
-    /// When `LOCK.ACQUIRE` was sent.
+    /// When the first attempt of `LOCK.ACQUIRE` was sent (the grant, to
+    /// whichever attempt, came no earlier).
     sent: Instant,
     /// With durability: what was asked for, and `WAIT`'s reply.
     replicas: Option<(Durability, Result<u64, Error>)>,
@@ -107,18 +143,51 @@ pub(crate) async fn acquire<C: Connection>(
 
 /// Sends the `LOCK.ACQUIRE` (in one pipeline with the replication `WAIT`
 /// when durability is asked for), over a dedicated connection when it may
-/// block. The server's refusal of an upgrade is [`Error::Upgrade`].
+/// block, with the handle's next request id; while no answer comes, sends it
+/// again with the same id over a working connection (the shared one
+/// reconnects; a dedicated one is opened anew) until the retry window closes.
+/// The server's refusal of an upgrade is [`Error::Upgrade`].
 async fn send<C: Connection>(handle: &Handle<C>, attempt: &Attempt) -> Result<Reply, Error> {
+    let id = handle.request_id("acquire");
+    let mut retries = Retries::new("acquire", attempt.retry_window());
+    loop {
+        match retries
+            .attempt(send_once(handle, attempt, &id, &retries))
+            .await
+        {
+            Ok((token, replicas)) => {
+                return Ok(Reply {
+                    token,
+                    sent: retries.first_sent(),
+                    replicas,
+                })
+            }
+            Err(Error::Redis(e)) if commands::is_upgrade(&e) => return Err(Error::Upgrade),
+            Err(e) => retries.after(e, &handle.key, &handle.owner).await?,
+        }
+    }
+}
+
+/// The token, and with durability what was asked for and `WAIT`'s reply.
+type Answer = (Option<u64>, Option<(Durability, Result<u64, Error>)>);
+
+/// One attempt of [`send`], on a connection of its own.
+async fn send_once<C: Connection>(
+    handle: &Handle<C>,
+    attempt: &Attempt,
+    id: &str,
+    retries: &Retries,
+) -> Result<Answer, Error> {
     let mut conn = handle.connections.for_acquire(attempt.may_block()).await?;
     let cmd = commands::acquire(
         &handle.key,
         &handle.owner,
         attempt.params.ttl_ms(),
         attempt.request,
-        attempt.wait_ms,
+        attempt.wait_ms_left(retries.first_sent(), Instant::now()),
+        id,
     );
-    let sent = Instant::now();
-    let outcome = match attempt.durability {
+    match attempt.durability {
         None => match cmd.query_async(&mut conn).await {
             Ok(reply) => commands::token(reply).map(|token| (token, None)),
             Err(e) => Err(Error::Redis(e)),
@@ -126,15 +195,6 @@ async fn send<C: Connection>(handle: &Handle<C>, attempt: &Attempt) -> Result<Re
         Some(d) => acquire_and_wait(&mut conn, cmd, d)
             .await
             .map(|(token, acked)| (token, Some((d, acked)))),
-    };
-    match outcome {
-        Ok((token, replicas)) => Ok(Reply {
-            token,
-            sent,
-            replicas,
-        }),
-        Err(Error::Redis(e)) if commands::is_upgrade(&e) => Err(Error::Upgrade),
-        Err(e) => Err(e),
     }
 }
 
@@ -169,7 +229,9 @@ async fn check_replicas<C: Connection>(
         // A new token: the lease this handle held had ended.
         handle.lose_live_lease(LeaseLost::NotHeld);
     }
-    handle.undo_grant(attempt.hold(), reentry).await;
+    handle
+        .undo_grant(attempt.hold(), reentry, attempt.params.ttl)
+        .await;
     Err(e)
 }
 

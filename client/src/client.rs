@@ -225,7 +225,8 @@ impl Client<ConnectionManager> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     use crate::mock::{ms, Answer, Mock};
     use crate::{AcquireOptions, Client, Error, Wait};
@@ -257,19 +258,30 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dedicated_connection_that_cannot_be_opened_fails_the_acquire() {
         let mock = Mock::granting();
+        let tries = Arc::new(AtomicUsize::new(0));
         let client = Client::builder(mock.clone())
-            .wait_connections(|| async {
-                Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    "refused",
-                )))
+            .wait_connections({
+                let tries = Arc::clone(&tries);
+                move || {
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Err(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionRefused,
+                            "refused",
+                        )))
+                    }
+                }
             })
             .build();
         let lock = client.lock("k");
-        let failed = lock
-            .acquire(AcquireOptions::new().wait(Wait::Forever))
-            .await;
+        // Tried again until the retry window (the ttl, longer than the
+        // wait) closes.
+        let options = AcquireOptions::new().ttl(ms(300)).wait(Wait::For(ms(100)));
+        let t0 = tokio::time::Instant::now();
+        let failed = lock.acquire(options).await;
         assert!(matches!(failed, Err(Error::Redis(_))), "{failed:?}");
+        assert_eq!(tokio::time::Instant::now() - t0, ms(300));
+        assert!(tries.load(Ordering::SeqCst) > 3);
         assert!(mock.log().is_empty(), "nothing was sent");
         // An acquire that does not block still goes over the shared one.
         assert!(lock.try_acquire().await.unwrap().is_some());

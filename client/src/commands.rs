@@ -22,13 +22,14 @@ pub(crate) enum Request {
 }
 
 /// `LOCK.ACQUIRE key owner ttl-ms [SHARED | LIMIT permits COUNT n]
-/// [WAIT timeout-ms]`.
+/// [WAIT timeout-ms] ID request-id`.
 pub(crate) fn acquire(
     key: &[u8],
     owner: &str,
     ttl_ms: u64,
     request: Request,
     wait_ms: Option<u64>,
+    id: &str,
 ) -> Cmd {
     let mut cmd = redis::cmd("LOCK.ACQUIRE");
     cmd.arg(key).arg(owner).arg(ttl_ms);
@@ -44,6 +45,7 @@ pub(crate) fn acquire(
     if let Some(ms) = wait_ms {
         cmd.arg("WAIT").arg(ms);
     }
+    cmd.arg("ID").arg(id);
     cmd
 }
 
@@ -54,15 +56,15 @@ pub(crate) fn renew(key: &[u8], owner: &str, ttl_ms: u64) -> Cmd {
     cmd
 }
 
-/// `LOCK.RELEASE key owner [COUNT n]`: `COUNT` only when `count` is not 1
-/// (one hold is the default, and the form every version of the module
-/// knows).
-pub(crate) fn release(key: &[u8], owner: &str, count: u64) -> Cmd {
+/// `LOCK.RELEASE key owner [COUNT n] ID request-id`: `COUNT` only when
+/// `count` is not 1 (one hold is the default).
+pub(crate) fn release(key: &[u8], owner: &str, count: u64, id: &str) -> Cmd {
     let mut cmd = redis::cmd("LOCK.RELEASE");
     cmd.arg(key).arg(owner);
     if count != 1 {
         cmd.arg("COUNT").arg(count);
     }
+    cmd.arg("ID").arg(id);
     cmd
 }
 
@@ -333,20 +335,30 @@ mod tests {
     }
 
     #[test]
-    fn acquire_sends_wait_only_when_asked() {
+    fn acquire_sends_wait_only_when_asked_and_always_its_id_last() {
         assert_eq!(
-            args(&acquire(b"k", "u:1", 300, Request::Exclusive, None)),
-            ["LOCK.ACQUIRE", "k", "u:1", "300"]
+            args(&acquire(b"k", "u:1", 300, Request::Exclusive, None, "a-1")),
+            ["LOCK.ACQUIRE", "k", "u:1", "300", "ID", "a-1"]
         );
         assert_eq!(
-            args(&acquire(b"k", "u:1", 300, Request::Exclusive, Some(0))),
-            ["LOCK.ACQUIRE", "k", "u:1", "300", "WAIT", "0"]
+            args(&acquire(
+                b"k",
+                "u:1",
+                300,
+                Request::Exclusive,
+                Some(0),
+                "a-2"
+            )),
+            ["LOCK.ACQUIRE", "k", "u:1", "300", "WAIT", "0", "ID", "a-2"]
         );
         assert_eq!(
             args(&renew(b"k", "u:1", 300)),
             ["LOCK.RENEW", "k", "u:1", "300"]
         );
-        assert_eq!(args(&release(b"k", "u:1", 1)), ["LOCK.RELEASE", "k", "u:1"]);
+        assert_eq!(
+            args(&release(b"k", "u:1", 1, "r-3")),
+            ["LOCK.RELEASE", "k", "u:1", "ID", "r-3"]
+        );
         let d = Durability {
             replicas: 1,
             timeout_ms: 50,
@@ -357,18 +369,28 @@ mod tests {
     }
 
     #[test]
-    fn acquire_sends_shared_or_limit_and_count_before_wait() {
+    fn acquire_sends_shared_or_limit_and_count_before_wait_and_id() {
         assert_eq!(
-            args(&acquire(b"k", "u:1", 300, Request::Shared, None)),
-            ["LOCK.ACQUIRE", "k", "u:1", "300", "SHARED"]
+            args(&acquire(b"k", "u:1", 300, Request::Shared, None, "a-1")),
+            ["LOCK.ACQUIRE", "k", "u:1", "300", "SHARED", "ID", "a-1"]
         );
         assert_eq!(
-            args(&acquire(b"k", "u:1", 300, Request::Shared, Some(50))),
-            ["LOCK.ACQUIRE", "k", "u:1", "300", "SHARED", "WAIT", "50"]
+            args(&acquire(b"k", "u:1", 300, Request::Shared, Some(50), "a-1")),
+            [
+                "LOCK.ACQUIRE",
+                "k",
+                "u:1",
+                "300",
+                "SHARED",
+                "WAIT",
+                "50",
+                "ID",
+                "a-1"
+            ]
         );
         let permits = Request::Permits { limit: 5, count: 2 };
         assert_eq!(
-            args(&acquire(b"k", "u:1", 300, permits, None)),
+            args(&acquire(b"k", "u:1", 300, permits, None, "a-1")),
             [
                 "LOCK.ACQUIRE",
                 "k",
@@ -377,11 +399,13 @@ mod tests {
                 "LIMIT",
                 "5",
                 "COUNT",
-                "2"
+                "2",
+                "ID",
+                "a-1"
             ]
         );
         assert_eq!(
-            args(&acquire(b"k", "u:1", 300, permits, Some(0))),
+            args(&acquire(b"k", "u:1", 300, permits, Some(0), "a-1")),
             [
                 "LOCK.ACQUIRE",
                 "k",
@@ -392,7 +416,9 @@ mod tests {
                 "COUNT",
                 "2",
                 "WAIT",
-                "0"
+                "0",
+                "ID",
+                "a-1"
             ]
         );
     }
@@ -400,8 +426,8 @@ mod tests {
     #[test]
     fn release_sends_count_unless_it_is_one_and_forcerelease_may_name_an_owner() {
         assert_eq!(
-            args(&release(b"k", "u:1", 3)),
-            ["LOCK.RELEASE", "k", "u:1", "COUNT", "3"]
+            args(&release(b"k", "u:1", 3, "r-1")),
+            ["LOCK.RELEASE", "k", "u:1", "COUNT", "3", "ID", "r-1"]
         );
         assert_eq!(
             args(&force_release(b"k", Some("u:2"))),

@@ -12,9 +12,12 @@ use crate::info::Mode;
 #[non_exhaustive]
 pub enum Error {
     /// The connection or the server failed (I/O error, timeout, error
-    /// reply). When this comes from an acquire, the outcome is unknown: the
-    /// lock may have been granted; such a grant is never renewed and expires
-    /// after its ttl (or is cleared by the handle's next final release).
+    /// reply). Acquires and releases that get no answer are sent again with
+    /// the same request id first (for the lease's ttl, or a waiting
+    /// acquire's wait); this is the last attempt's error. When it comes from
+    /// an acquire, the outcome is unknown: the lock may have been granted;
+    /// such a grant is never renewed and expires after its ttl (or is cleared
+    /// by the handle's next final release).
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::commands::{self, show};
 use crate::connection::Connection;
 use crate::error::{Error, LeaseLost};
-use crate::handle::Handle;
+use crate::handle::{Handle, Released};
 use crate::lease::{Hold, Lease};
 
 /// A granted lock: from [`Lock::acquire`](crate::Lock::acquire), the read
@@ -132,6 +132,11 @@ impl<C: Connection> Guard<C> {
     /// on its own, and this way a lost guard can never release a newer grant
     /// of the same handle.
     ///
+    /// The release carries a request id and is sent again when no answer
+    /// comes (a dropped connection, a timeout), for at most the lease's ttl;
+    /// the server answers a retry it has applied without releasing twice.
+    /// The error is the last attempt's, when none was answered.
+    ///
     /// A read guard released while a write guard of the same
     /// [`RwLock`](crate::RwLock) handle lives sends nothing yet and returns
     /// `true`: the server releases an owner's exclusive holds before its
@@ -207,8 +212,8 @@ impl<C: Connection> ReleaseJob<C> {
             // Lost while this release waited for its turn.
             return Ok(false);
         }
-        let mut conn = h.conn();
-        match h.release(&mut conn, self.count).await {
+        let window = self.lease.params.ttl;
+        match h.release(self.count, window).await {
             Err(Error::Redis(e)) if commands::is_over_count(&e) => {
                 // The server counts less for the owner than the lease's
                 // guards stand for (someone else used the owner string):
@@ -217,20 +222,38 @@ impl<C: Connection> ReleaseJob<C> {
                 warn!(key = %show(&h.key), owner = %h.owner, token = self.lease.token, error = %e, "the server counts fewer holds than this handle's guards");
                 if self.last {
                     if let Some(held) = e.detail().and_then(held_in_message) {
-                        h.clear_leftovers(&mut conn, held).await;
+                        h.clear_leftovers(held, window).await;
                     }
                 }
                 Err(Error::Redis(e))
             }
             Err(e) => Err(e),
-            Ok(None) => {
+            Ok(Released {
+                remaining: None,
+                retried: true,
+                first_sent,
+            }) if self.last && first_sent < self.lease.deadline() => {
+                // The reply to an earlier attempt was lost, and that attempt
+                // released the owner's last hold: the server keeps no record
+                // once the owner holds nothing, so the retry is answered as
+                // a release of nothing. The first attempt was sent while the
+                // lease was known held, so it found the holds there.
+                info!(key = %show(&h.key), owner = %h.owner, token = self.lease.token, count = self.count, "lock released (a retry found the last hold released by the first attempt)");
+                Ok(true)
+            }
+            Ok(Released {
+                remaining: None, ..
+            }) => {
                 self.lease.lose(LeaseLost::NotHeld);
                 info!(key = %show(&h.key), owner = %h.owner, token = self.lease.token, "released: the lock was no longer held");
                 Ok(false)
             }
-            Ok(Some(remaining)) => {
+            Ok(Released {
+                remaining: Some(remaining),
+                ..
+            }) => {
                 if self.last {
-                    h.clear_leftovers(&mut conn, remaining).await;
+                    h.clear_leftovers(remaining, window).await;
                 } else if remaining == 0 {
                     // The server counted fewer holds than this lease has
                     // guards (someone else used the owner string): the lock

@@ -12,9 +12,13 @@
 //! owner's holds on the server belong to which lease. An acquire waiting on
 //! the server does not hold `ops`: the handle's guards can still release
 //! (a semaphore waiter may need exactly those permits back).
+//!
+//! Each acquire and release of the handle gets the next request id, which
+//! its retries repeat (see `retry`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use redis::Value;
 use tokio::time::Instant;
@@ -26,6 +30,7 @@ use crate::error::{Error, LeaseLost};
 use crate::info::KeyInfo;
 use crate::lease::{Hold, Lease};
 use crate::options::LeaseParams;
+use crate::retry::{self, Retries};
 
 /// The state shared by a handle's clones, its guards and its watchdogs.
 pub(crate) struct Handle<C> {
@@ -41,6 +46,19 @@ pub(crate) struct Handle<C> {
     in_flight: AtomicBool,
     /// The latest lease (it may have been lost or have ended since).
     current: Mutex<Option<Arc<Lease>>>,
+    /// The number of the handle's last acquire or release (its request id).
+    requests: AtomicU64,
+}
+
+/// What the server said to a release, after its retries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Released {
+    /// What the owner still holds; `None` when it held nothing.
+    pub remaining: Option<u64>,
+    /// The answer came to a retry: a first attempt may have been applied.
+    pub retried: bool,
+    /// When the first attempt was sent.
+    pub first_sent: Instant,
 }
 
 /// What [`Handle::record_grant`] did with a grant.
@@ -70,7 +88,14 @@ impl<C: Connection> Handle<C> {
             ops: tokio::sync::Mutex::new(()),
             in_flight: AtomicBool::new(false),
             current: Mutex::new(None),
+            requests: AtomicU64::new(0),
         }
+    }
+
+    /// The request id of the handle's next operation (`op`: `acquire` or
+    /// `release`).
+    pub fn request_id(&self, op: &str) -> String {
+        retry::request_id(op, self.requests.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// The client's shared connection.
@@ -144,18 +169,34 @@ impl<C: Connection> Handle<C> {
         }
     }
 
-    /// One `LOCK.RELEASE` of `count` holds or permits: what the owner still
-    /// holds, `None` when it held nothing.
-    pub async fn release(&self, conn: &mut C, count: u64) -> Result<Option<u64>, Error> {
-        let reply: Value = commands::release(&self.key, &self.owner, count)
-            .query_async(conn)
-            .await?;
-        commands::remaining(reply)
+    /// `LOCK.RELEASE` of `count` holds or permits over the shared
+    /// connection, with a request id of its own, retried for `window` when
+    /// no answer comes (see `retry`).
+    pub async fn release(&self, count: u64, window: Duration) -> Result<Released, Error> {
+        let id = self.request_id("release");
+        let mut retries = Retries::new("release", Some(window));
+        loop {
+            let cmd = commands::release(&self.key, &self.owner, count, &id);
+            let reply = retries.attempt(async {
+                let reply: Value = cmd.query_async(&mut self.conn()).await?;
+                commands::remaining(reply)
+            });
+            match reply.await {
+                Ok(remaining) => {
+                    return Ok(Released {
+                        remaining,
+                        retried: retries.retried(),
+                        first_sent: retries.first_sent(),
+                    })
+                }
+                Err(e) => retries.after(e, &self.key, &self.owner).await?,
+            }
+        }
     }
 
-    /// Gives back a grant of `hold` that failed its durability check. The
-    /// caller holds `ops`.
-    pub async fn undo_grant(&self, hold: Hold, reentry: bool) {
+    /// Gives back a grant of `hold` that failed its durability check
+    /// (retried for `window`). The caller holds `ops`.
+    pub async fn undo_grant(&self, hold: Hold, reentry: bool, window: Duration) {
         if hold == Hold::Shared && reentry {
             // Under a live exclusive guard, a release now would take the
             // exclusive hold (the server releases those first): the shared
@@ -170,9 +211,11 @@ impl<C: Connection> Handle<C> {
             Hold::Exclusive | Hold::Shared => 1,
             Hold::Permits(n) => n,
         };
-        let mut conn = self.conn();
-        match self.release(&mut conn, count).await {
-            Ok(Some(remaining)) if !reentry => self.clear_leftovers(&mut conn, remaining).await,
+        match self.release(count, window).await {
+            Ok(Released {
+                remaining: Some(remaining),
+                ..
+            }) if !reentry => self.clear_leftovers(remaining, window).await,
             Ok(_) => {}
             Err(e) => {
                 warn!(key = %show(&self.key), owner = %self.owner, error = %e, "could not release an unacknowledged grant; it expires after its ttl")
@@ -185,15 +228,15 @@ impl<C: Connection> Handle<C> {
     /// reply was lost (a failed or cancelled acquire), or holds of a lease
     /// the client gave up as lost while the server still had it. The owner
     /// string belongs to this handle alone, and `ops` is held, so they are
-    /// ours to clear in one `LOCK.RELEASE ... COUNT remaining` — unless a
-    /// newer lease of this handle is live, or an acquire is in flight (its
-    /// grant may be among them).
-    pub async fn clear_leftovers(&self, conn: &mut C, remaining: u64) {
+    /// ours to clear in one `LOCK.RELEASE ... COUNT remaining` (retried for
+    /// `window`) — unless a newer lease of this handle is live, or an
+    /// acquire is in flight (its grant may be among them).
+    pub async fn clear_leftovers(&self, remaining: u64, window: Duration) {
         if remaining == 0 || self.live_lease().is_some() || self.in_flight.load(Ordering::SeqCst) {
             return;
         }
         debug!(key = %show(&self.key), owner = %self.owner, remaining, "clearing leftover holds");
-        if let Err(e) = self.release(conn, remaining).await {
+        if let Err(e) = self.release(remaining, window).await {
             warn!(key = %show(&self.key), owner = %self.owner, error = %e, "could not clear leftover holds; they expire after the ttl");
         }
     }

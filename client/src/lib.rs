@@ -42,6 +42,14 @@
 //!   [`Guard::lost`], [`Guard::remaining`], [`Guard::release`] of exactly
 //!   what it took; release on drop.
 //!
+//! Retries: every acquire and release carries an `ID request-id` and is
+//! sent again, with the same id, when the connection fails before the
+//! answer comes; the server answers a request it has applied instead of
+//! applying it twice (no double re-entry, release or set of permits).
+//! Acquires without a wait and releases retry for the lease's ttl, waiting
+//! acquires until their wait deadline (and at least the ttl). This needs a
+//! module that knows `ID` (docs/INTERFACE.md).
+//!
 //! How the guard knows it lost the lease: the watchdog measures a local
 //! deadline from the moment each confirmed renewal was *sent* (the server
 //! starts the new lease after that), minus a safety margin. If renewals keep
@@ -71,9 +79,11 @@ mod options;
 
 // The wire: the module's commands and the checks on their replies
 // (docs/INTERFACE.md); the `Connection` trait and a client's connections
-// (shared, and dedicated for acquires that block).
+// (shared, and dedicated for acquires that block); which failures are sent
+// again, for how long, and the request ids that make that safe.
 mod commands;
 mod connection;
+mod retry;
 
 // One lease as the client knows it: the local deadline, its guards and what
 // each stands for (`Hold`), and the "lost" signal (bookkeeping, no I/O).

@@ -64,10 +64,19 @@ impl<C: Connection> Lock<C> {
     ///
     /// Returns `Ok(Some(guard))` when granted, `Ok(None)` when another owner
     /// holds it (after the wait, if one was asked for), and an error when
-    /// the options are invalid, the connection failed (the lock may then
+    /// the options are invalid, no attempt got an answer (the lock may then
     /// have been granted: it expires after its ttl), or the grant was not
     /// acknowledged by enough replicas (then it has been released). A key
     /// that holds a semaphore fails with the server's `WRONGTYPE` error.
+    ///
+    /// The request carries an `ID request-id` of its own. When the
+    /// connection fails before the answer comes (a dropped connection, a
+    /// timeout, a server restarting), it is sent again with the same id over
+    /// a working connection — the shared one reconnects, a waiting acquire
+    /// opens a new dedicated one and sends the wait that is left — for as
+    /// long as it may block and at least the ttl ([`Wait::Forever`](crate::Wait::Forever):
+    /// until answered). The server answers a retry it has already applied
+    /// with the same token, without a second re-entry.
     ///
     /// A re-entry joins the lease the handle already holds: it refreshes it
     /// with that lease's own ttl, keeps that lease's watchdog, and its guard

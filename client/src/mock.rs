@@ -1,6 +1,7 @@
 //! A scripted in-memory connection for unit tests: each command name has a
 //! list of answers (the last one repeats), and every request is logged with
-//! its arguments and its (tokio, possibly paused) time.
+//! its arguments and its (tokio, possibly paused) time. The `ID request-id`
+//! option is logged apart from the other arguments ([`Mock::ids`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +22,9 @@ pub(crate) enum Answer {
     Nil,
     /// An I/O error at once.
     Fail,
+    /// An I/O error after a delay (e.g. a waiting acquire whose connection
+    /// drops).
+    FailAfter(Duration),
     /// No reply, ever.
     Hang,
     /// The integer after a delay.
@@ -152,11 +156,24 @@ impl Mock {
         self.requests(command).into_iter().map(|(t, _)| t).collect()
     }
 
-    /// The arguments (after the name) of each `command` sent.
+    /// The arguments (after the name) of each `command` sent, without its
+    /// `ID request-id` (see [`Mock::ids`]).
     pub fn args(&self, command: &str) -> Vec<Vec<String>> {
         self.requests(command)
             .into_iter()
-            .map(|(_, args)| args)
+            .map(|(_, args)| split_id(args).0)
+            .collect()
+    }
+
+    /// The request id of each `command` sent (the value of its trailing
+    /// `ID request-id`); panics for a request without one.
+    pub fn ids(&self, command: &str) -> Vec<String> {
+        self.requests(command)
+            .into_iter()
+            .map(|(_, args)| {
+                let (rest, id) = split_id(args);
+                id.unwrap_or_else(|| panic!("{command} {rest:?} was sent without ID"))
+            })
             .collect()
     }
 
@@ -211,6 +228,18 @@ impl Mock {
     }
 }
 
+/// A request's arguments without a trailing `ID request-id`, and the id.
+fn split_id(mut args: Vec<String>) -> (Vec<String>, Option<String>) {
+    let n = args.len();
+    if n >= 2 && args[n - 2] == "ID" {
+        let id = args.pop();
+        args.pop();
+        (args, id)
+    } else {
+        (args, None)
+    }
+}
+
 impl Mock {
     /// Logs `cmd` and takes its scripted answer.
     fn answer(&self, cmd: &Cmd) -> Option<Answer> {
@@ -245,6 +274,14 @@ async fn reply(answer: Option<Answer>) -> RedisResult<Value> {
             Ok(Value::Int(n))
         }
         Some(Answer::Hang) => std::future::pending().await,
+        Some(Answer::FailAfter(d)) => {
+            tokio::time::sleep(d).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "mock: connection reset",
+            )
+            .into())
+        }
         Some(Answer::Fail) | None => Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "mock: connection reset",

@@ -186,7 +186,7 @@ impl AcquireOptions {
 }
 
 /// Whole milliseconds, rounded up.
-fn ceil_ms(d: Duration) -> u128 {
+pub(crate) fn ceil_ms(d: Duration) -> u128 {
     let ms = d.as_millis();
     if Duration::from_millis(ms as u64) < d {
         ms + 1

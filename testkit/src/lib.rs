@@ -17,6 +17,7 @@ pub mod fixtures;
 pub mod hostile;
 pub mod lock;
 pub mod replication;
+pub mod retry;
 pub mod sentinel;
 pub mod timing;
 
