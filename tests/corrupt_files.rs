@@ -1,23 +1,35 @@
 //! Issue #9, files and streams: a damaged or hostile RDB file, a corrupt
 //! full-sync payload, hostile `LOCK.APPLY` in the replication stream and in
-//! the AOF can never crash the server or make a fencing token repeat.
+//! the AOF can never crash the server or make a fencing token repeat, for
+//! every kind of lock (exclusive, shared, semaphore; encoding 2, and
+//! encoding 1 values as the first release wrote them).
 //!
-//! - An RDB file whose lock value is damaged (cut, truncated, wrong
-//!   opcodes, huge lengths, other module id or encoding version) or whose
-//!   lock fields are well-formed but out of range makes Redis stop the way
-//!   it stops on its own corrupt files: it reports the file and exits by
-//!   itself, never by a signal, an assertion or a module panic. (Redis 7.0
-//!   then runs its RDB checker and exits with the checker's verdict: 1, or
-//!   0 when the file's structure is sound and only the module refused a
-//!   value; its checker also never ends on a module value cut at a field
-//!   boundary — see `hostile::clean_corrupt_rdb_exit`.) Fields at their
-//!   limits load, and the next token is above them.
+//! - An RDB file whose lock value is damaged (cut anywhere, fields cut out
+//!   or added, wrong opcodes, huge lengths, a holder count that does not
+//!   match the holders, other module id or encoding version: 0, 3, 1023, 1
+//!   for a value of 2) or whose lock fields are well-formed but break the
+//!   rules (out-of-range owner, holds, token, deadline, limit; duplicate
+//!   owners or tokens; permits over the limit; exclusive holds in a
+//!   semaphore or beside a reader; a remembered request without its id or
+//!   with a 65-byte one) makes Redis stop the way it stops on its own
+//!   corrupt files: it reports the file and exits by itself, never by a
+//!   signal, an assertion or a module panic. (Redis 7.0 then runs its RDB
+//!   checker and exits with the checker's verdict: 1, or 0 when the file's
+//!   structure is sound and only the module refused a value; its checker
+//!   also never ends on a module value cut at a field boundary — see
+//!   `hostile::clean_corrupt_rdb_exit`.) Values at their limits load — a
+//!   1,000,000-permit semaphore with 300 holders, 200 readers with
+//!   1024-byte owners, a 64-byte remembered request id, a value of encoding
+//!   1 beside values of 2 — are shown exactly as written, survive `DEBUG
+//!   RELOAD`, and the next token is above them.
 //! - A replica whose master (a fake one in the test) sends a corrupt RDB on
 //!   full sync exits cleanly or refuses and retries; it never aborts.
-//! - A replica refuses hostile `LOCK.APPLY` from its master and keeps
-//!   serving; the valid ones are applied.
-//! - An AOF with hostile `LOCK.APPLY` lines beside valid ones loads: the
-//!   valid locks exist, the hostile ones do not.
+//! - A replica refuses hostile `LOCK.APPLY` from its master (every effect
+//!   form: the first release's, `SHARED`, `LIMIT`, `DROP`, with `ID`) and
+//!   keeps serving: keys of refused effects do not exist, locks they would
+//!   have broken are unchanged, the valid effects are applied.
+//! - An AOF with the same hostile `LOCK.APPLY` lines beside valid ones
+//!   loads the same way.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -25,18 +37,21 @@
     clippy::indexing_slicing
 )]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use testkit::hostile::{
-    clean_corrupt_rdb_exit, crash_signs, find, find_lock_value, fix_trailing_crc, info_value,
-    lock_info_violations, module_type_id, now_ms, parse_lock_info, rdb_len, Cmd, ModuleValue,
-    Outcome, Proc, RawConn, RawLockInfo, Reply, DAY_MS, MAX_SERVER_TOKEN, MAX_TOKEN,
-    OPCODE_MODULE_AUX, OP_DOUBLE, OP_STRING, OP_UINT,
+    clean_corrupt_rdb_exit, crash_signs, fencelock_type_id_v, find, find_lock_value,
+    fix_trailing_crc, holder_field, info_matches, info_value, lock_info_violations, module_type_id,
+    now_ms, parse_lock_info, rdb_len, Cmd, HolderFields, HolderSummary, InfoMode, LockFields,
+    ModuleValue, Outcome, Proc, RawConn, RawField, RawLockInfo, Reply, DAY_MS, ENCVER, H_DEADLINE,
+    H_EXCLUSIVE, H_ID, H_OWNER, H_REPLY, H_SHARED, H_TOKEN, MAX_HOLDS, MAX_SERVER_TOKEN, MAX_TOKEN,
+    OPCODE_MODULE_AUX, OP_DOUBLE, OP_FLOAT, OP_STRING, OP_UINT,
 };
 use testkit::Server;
 
@@ -46,41 +61,92 @@ const TARGET: &[u8] = b"target-owner-7";
 const PAST: &[u8] = b"past-owner-01";
 const SHORT: &[u8] = b"short-owner-01";
 const OTHER: &[u8] = b"someone-else";
+const READER1: &[u8] = b"reader-one-01";
+const READER2: &[u8] = b"reader-two-02";
+const PERMIT1: &[u8] = b"permit-one-01";
+const PERMIT2: &[u8] = b"permit-two-02";
+const IDEM: &[u8] = b"idem-owner-01";
+/// The request id `IDEM` acquired with.
+const IDEM_ID: &str = "request-0077";
 
 /// How long a server may take to exit, serve, or retry (a slow machine).
 const PATIENCE: Duration = Duration::from_secs(60);
+/// How many servers `all_exit_cleanly` runs at once (Redis 7.0's RDB
+/// checker spins for `hostile::clean_corrupt_rdb_exit`'s grace on some
+/// files; one at a time that adds up).
+const AT_ONCE: usize = 4;
 
-/// A saved RDB file: locks (the target with holds 2), a string, a list, a
-/// hash; the target's token.
-struct Saved {
-    rdb: Vec<u8>,
-    target_token: i64,
-}
+const HOUR: u64 = 3_600_000;
 
 fn call(c: &mut RawConn, cmd: Cmd) -> Reply {
     c.call(&cmd).expect("server answers")
 }
 
-fn acquire(c: &mut RawConn, key: &str, owner: &[u8], ttl: u64) -> i64 {
-    let r = call(
-        c,
-        Cmd::new("LOCK.ACQUIRE")
-            .arg(key)
-            .arg(owner)
-            .arg(ttl.to_string()),
-    );
+fn acquire_with(c: &mut RawConn, key: &str, owner: &[u8], ttl: u64, opts: &[&str]) -> i64 {
+    let mut cmd = Cmd::new("LOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl.to_string());
+    for o in opts {
+        cmd = cmd.arg(o);
+    }
+    let r = call(c, cmd);
     r.as_int()
-        .unwrap_or_else(|| panic!("LOCK.ACQUIRE {key}: {r:?}"))
+        .unwrap_or_else(|| panic!("LOCK.ACQUIRE {key} {opts:?}: {r:?}"))
+}
+
+fn acquire(c: &mut RawConn, key: &str, owner: &[u8], ttl: u64) -> i64 {
+    acquire_with(c, key, owner, ttl, &[])
+}
+
+fn info(c: &mut RawConn, key: &str) -> Option<RawLockInfo> {
+    parse_lock_info(&call(c, Cmd::new("LOCK.INFO").arg(key))).unwrap()
+}
+
+/// A lock of each kind, by the same names in every test: `lock:target`
+/// (`TARGET`, exclusive, holds 2), `lock:shared` (`READER1` holds 2,
+/// `READER2` 1), `lock:sem` (5 permits: `PERMIT1` 2, `PERMIT2` 1),
+/// `lock:idem` (`IDEM`, acquired with `ID`); what `LOCK.INFO` shows of
+/// each.
+fn family_keys(c: &mut RawConn) -> BTreeMap<&'static str, RawLockInfo> {
+    acquire(c, "lock:target", TARGET, HOUR);
+    acquire(c, "lock:target", TARGET, HOUR);
+    for (owner, n) in [(READER1, 2), (READER2, 1)] {
+        for _ in 0..n {
+            acquire_with(c, "lock:shared", owner, HOUR, &["SHARED"]);
+        }
+    }
+    acquire_with(c, "lock:sem", PERMIT1, HOUR, &["LIMIT", "5", "COUNT", "2"]);
+    acquire_with(c, "lock:sem", PERMIT2, HOUR, &["LIMIT", "5"]);
+    acquire_with(c, "lock:idem", IDEM, HOUR, &["ID", IDEM_ID]);
+    ["lock:target", "lock:shared", "lock:sem", "lock:idem"]
+        .into_iter()
+        .map(|k| (k, info(c, k).unwrap_or_else(|| panic!("{k} is held"))))
+        .collect()
+}
+
+/// A saved RDB file: a lock of each kind (`family_keys`), three more
+/// exclusive ones, a string, a list, a hash; what `LOCK.INFO` showed of the
+/// family keys.
+struct Saved {
+    rdb: Vec<u8>,
+    infos: BTreeMap<&'static str, RawLockInfo>,
+}
+
+impl Saved {
+    /// The token of `owner` in the family key `key`.
+    fn token(&self, key: &str, owner: &[u8]) -> i64 {
+        self.infos[key].holder(owner).unwrap().token
+    }
 }
 
 fn saved_rdb() -> Saved {
     let s = Server::start();
     let mut c = RawConn::connect(s.port).unwrap();
-    let target_token = acquire(&mut c, "lock:target", TARGET, 3_600_000);
-    acquire(&mut c, "lock:target", TARGET, 3_600_000);
-    acquire(&mut c, "lock:other", OTHER, 3_600_000);
-    acquire(&mut c, "lock:past", PAST, 3_600_000);
-    acquire(&mut c, "lock:short", SHORT, 3_600_000);
+    let infos = family_keys(&mut c);
+    acquire(&mut c, "lock:other", OTHER, HOUR);
+    acquire(&mut c, "lock:past", PAST, HOUR);
+    acquire(&mut c, "lock:short", SHORT, HOUR);
     call(&mut c, Cmd::new("SET").arg("str").arg("v"));
     call(
         &mut c,
@@ -89,14 +155,17 @@ fn saved_rdb() -> Saved {
     call(&mut c, Cmd::new("HSET").arg("hash").arg("f").arg("v"));
     assert_eq!(call(&mut c, Cmd::new("SAVE")), Reply::Status("OK".into()));
     let rdb = std::fs::read(s.dir().join("dump.rdb")).unwrap();
-    for owner in [TARGET, PAST, SHORT, OTHER] {
-        assert!(
-            find_lock_value(&rdb, owner).is_some(),
-            "lock value of owner {:?} not found in the RDB file",
-            String::from_utf8_lossy(owner)
-        );
+    for owner in [TARGET, PAST, SHORT, OTHER, READER1, READER2, PERMIT1, IDEM] {
+        let (at, _) = find_lock_value(&rdb, owner).unwrap_or_else(|| {
+            panic!(
+                "lock value of owner {:?} not found in the RDB file",
+                String::from_utf8_lossy(owner)
+            )
+        });
+        let (v, _) = ModuleValue::parse_value_at(&rdb, at).unwrap();
+        assert_eq!(v.encver(), Some(ENCVER), "locks are saved in encoding 2");
     }
-    Saved { rdb, target_token }
+    Saved { rdb, infos }
 }
 
 /// The file with the value of `owner`'s lock replaced by `value` (module
@@ -110,18 +179,46 @@ fn with_value(rdb: &[u8], owner: &[u8], value: &[u8]) -> Vec<u8> {
     f
 }
 
-/// The parsed value of `owner`'s lock and its position.
-fn value_of(rdb: &[u8], owner: &[u8]) -> (ModuleValue, usize, usize) {
+/// The file with `owner`'s lock holding `lock` (encoding 2).
+fn with_lock(rdb: &[u8], owner: &[u8], lock: &LockFields) -> Vec<u8> {
+    with_value(rdb, owner, &ModuleValue::lock_v2(lock).encode_value())
+}
+
+/// The parsed value of `owner`'s lock, its span, and where each of its
+/// fields (the opcode) starts in the file.
+fn value_of(rdb: &[u8], owner: &[u8]) -> (ModuleValue, usize, usize, Vec<usize>) {
     let (s, e) = find_lock_value(rdb, owner).unwrap();
     let (v, _) = ModuleValue::parse_value_at(rdb, s).unwrap();
-    (v, s, e)
+    let mut field_at = Vec::new();
+    let mut p = s + v.module_id.len();
+    for f in &v.fields {
+        field_at.push(p);
+        p += rdb_len(f.opcode).len() + f.value.len();
+    }
+    (v, s, e, field_at)
 }
 
 /// The file with `owner`'s lock value changed by `f`.
 fn edited(rdb: &[u8], owner: &[u8], f: impl FnOnce(&mut ModuleValue)) -> Vec<u8> {
-    let (mut v, _, _) = value_of(rdb, owner);
+    let (mut v, _, _, _) = value_of(rdb, owner);
     f(&mut v);
     with_value(rdb, owner, &v.encode_value())
+}
+
+/// The fields of `owner`'s lock as written, changed by `f`.
+fn fields_edited(rdb: &[u8], owner: &[u8], f: impl FnOnce(&mut LockFields)) -> Vec<u8> {
+    let (v, _, _, _) = value_of(rdb, owner);
+    let mut lock = LockFields::from_value(&v).unwrap();
+    f(&mut lock);
+    with_lock(rdb, owner, &lock)
+}
+
+/// The file without the bytes `from..to`, the CRC fixed.
+fn cut_out(rdb: &[u8], from: usize, to: usize) -> Vec<u8> {
+    let mut f = rdb.to_vec();
+    f.drain(from..to);
+    fix_trailing_crc(&mut f);
+    f
 }
 
 /// The file with the module's aux field (the highest token issued)
@@ -129,7 +226,7 @@ fn edited(rdb: &[u8], owner: &[u8], f: impl FnOnce(&mut ModuleValue)) -> Vec<u8>
 /// unsigned field), the module's unsigned field, EOF mark.
 fn with_aux_token(rdb: &[u8], token: u64) -> Vec<u8> {
     let mut pat = vec![OPCODE_MODULE_AUX];
-    pat.extend(rdb_len(testkit::hostile::fencelock_type_id()));
+    pat.extend(rdb_len(fencelock_type_id_v(ENCVER)));
     let at = find(rdb, &pat).expect("the module's aux field");
     let mut r = testkit::hostile::RdbReader::at(rdb, at + pat.len());
     assert_eq!(r.read_len(), Some(OP_UINT), "aux: when");
@@ -159,35 +256,84 @@ fn start_on(rdb: &[u8], args: &[(&str, &str)]) -> (tempfile::TempDir, Proc) {
     (dir, p)
 }
 
-/// Runs every file; each must make the server exit cleanly. Reports all
-/// failures together.
-fn all_exit_cleanly(cases: Vec<(String, Vec<u8>)>) {
+/// Runs one file that must make the server exit cleanly: Ok(how) or
+/// Err(why, with what a server that loaded it shows, and its log). With
+/// `reason`, the module must have said it refused the file's data for it
+/// (a word of its log line), so that the file breaks the rule it was made
+/// to break.
+fn exits_cleanly(file: &[u8], reason: Option<&str>) -> Result<String, String> {
+    let (_dir, mut p) = start_on(file, &[]);
+    let verdict = clean_corrupt_rdb_exit(&mut p, PATIENCE).and_then(|how| {
+        let Some(word) = reason else {
+            return Ok(how);
+        };
+        let log = p.log();
+        let said = log
+            .lines()
+            .filter(|l| l.contains("fencelock: refused"))
+            .any(|l| l.contains(word));
+        if said {
+            Ok(format!("{how}, the module names the {word}"))
+        } else {
+            Err(format!(
+                "the module's log does not name the {word} as the reason"
+            ))
+        }
+    });
+    verdict.map_err(|why| {
+        let state = if p.serving() {
+            let mut c = p.conn();
+            let info = call(&mut c, Cmd::new("LOCK.INFO").arg("lock:target"));
+            let grant = call(
+                &mut c,
+                Cmd::new("LOCK.ACQUIRE").arg("fresh").arg("me").arg("1000"),
+            );
+            format!(" (LOCK.INFO lock:target: {info:?}; a fresh grant: {grant:?})")
+        } else {
+            String::new()
+        };
+        format!("{why}{state}\n{}", p.report())
+    })
+}
+
+/// Runs every file, [`AT_ONCE`] servers at a time; each must make the
+/// server exit cleanly (for the reason given, see [`exits_cleanly`]).
+/// Reports all failures together.
+fn all_exit_cleanly(cases: Vec<(String, Vec<u8>, Option<&'static str>)>) {
+    let total = cases.len();
+    let queue = Arc::new(Mutex::new(cases));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..AT_ONCE)
+        .map(|_| {
+            let (queue, results) = (queue.clone(), results.clone());
+            std::thread::spawn(move || loop {
+                let Some((name, file, reason)) = queue.lock().unwrap().pop() else {
+                    return;
+                };
+                let r = exits_cleanly(&file, reason);
+                results.lock().unwrap().push((name, r));
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut results = std::mem::take(&mut *results.lock().unwrap());
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(results.len(), total);
     let mut failures = Vec::new();
-    for (name, file) in cases {
-        let (_dir, mut p) = start_on(&file, &[]);
-        match clean_corrupt_rdb_exit(&mut p, PATIENCE) {
+    for (name, r) in results {
+        match r {
             Ok(how) => println!("{name}: refused, {how}"),
             Err(why) => {
-                // What a server that loaded it shows.
-                let state = if p.serving() {
-                    let mut c = p.conn();
-                    let info = call(&mut c, Cmd::new("LOCK.INFO").arg("lock:target"));
-                    let grant = call(
-                        &mut c,
-                        Cmd::new("LOCK.ACQUIRE").arg("fresh").arg("me").arg("1000"),
-                    );
-                    format!(" (LOCK.INFO lock:target: {info:?}; a fresh grant: {grant:?})")
-                } else {
-                    String::new()
-                };
-                println!("{name}: FAILED: {why}{state}");
-                failures.push(format!("{name}: {why}{state}\n{}", p.report()));
+                println!("{name}: FAILED: {}", why.lines().next().unwrap_or(""));
+                failures.push(format!("{name}: {why}"));
             }
         }
     }
     assert!(
         failures.is_empty(),
-        "{} files did not make the server stop cleanly:\n{}",
+        "{} of {total} files did not make the server stop cleanly:\n{}",
         failures.len(),
         failures.join("\n\n")
     );
@@ -197,174 +343,402 @@ fn all_exit_cleanly(cases: Vec<(String, Vec<u8>)>) {
 fn damaged_lock_values_in_an_rdb_file_make_the_server_exit_cleanly() {
     let saved = saved_rdb();
     let rdb = &saved.rdb;
-    let (v, s, e) = value_of(rdb, TARGET);
+    let (v, s, e, at) = value_of(rdb, TARGET);
     let id_len = v.module_id.len();
-    // Field positions inside the file: opcode byte, then the value.
-    let mut field_at = Vec::new();
-    let mut p = s + id_len;
-    for f in &v.fields {
-        field_at.push(p);
-        p += rdb_len(f.opcode).len() + f.value.len();
-    }
+    let h0 = |m: usize| at[holder_field(0, m)];
     let cut = |n: usize| rdb[..n].to_vec();
     let mut cases: Vec<(String, Vec<u8>)> = vec![
         ("file cut inside the module id".into(), cut(s + 4)),
         ("file cut after the module id".into(), cut(s + id_len)),
-        ("file cut inside the owner".into(), cut(field_at[0] + 6)),
-        ("file cut inside the token".into(), cut(field_at[2] + 3)),
-        ("file cut inside the deadline".into(), cut(field_at[3] + 5)),
+        ("file cut after the holder count".into(), cut(h0(H_OWNER))),
+        ("file cut inside the owner".into(), cut(h0(H_OWNER) + 6)),
+        ("file cut inside the token".into(), cut(h0(H_TOKEN) + 3)),
+        (
+            "file cut inside the deadline".into(),
+            cut(h0(H_DEADLINE) + 5),
+        ),
         ("file cut before the EOF mark".into(), cut(e - 1)),
+        (
+            "the exclusive-holds field cut out".into(),
+            cut_out(rdb, h0(H_EXCLUSIVE), h0(H_SHARED)),
+        ),
+        (
+            "five bytes cut out after the owner".into(),
+            cut_out(rdb, h0(H_EXCLUSIVE) + 1, h0(H_EXCLUSIVE) + 6),
+        ),
     ];
-    let mut removed = rdb.clone();
-    removed.drain(field_at[1]..field_at[2]);
-    fix_trailing_crc(&mut removed);
-    cases.push(("the holds field cut out".into(), removed));
-    let mut removed = rdb.clone();
-    removed.drain(field_at[1] + 1..field_at[1] + 6);
-    fix_trailing_crc(&mut removed);
-    cases.push(("five bytes cut out after the owner".into(), removed));
     let mut inserted = rdb.clone();
-    inserted.insert(field_at[1], 0x02);
+    inserted.insert(h0(H_EXCLUSIVE), 0x02);
     fix_trailing_crc(&mut inserted);
     cases.push(("a byte inserted after the owner".into(), inserted));
+    let opcode_changes = [
+        (
+            "owner opcode string -> unsigned",
+            holder_field(0, H_OWNER),
+            OP_UINT,
+        ),
+        ("limit opcode unsigned -> double", 0, OP_DOUBLE),
+        (
+            "token opcode unsigned -> string",
+            holder_field(0, H_TOKEN),
+            OP_STRING,
+        ),
+        (
+            "request id opcode string -> unsigned",
+            holder_field(0, H_ID),
+            OP_UINT,
+        ),
+        (
+            "reply opcode unsigned -> float",
+            holder_field(0, H_REPLY),
+            OP_FLOAT,
+        ),
+    ];
+    for (name, i, op) in opcode_changes {
+        cases.push((
+            name.into(),
+            edited(rdb, TARGET, |v| v.fields[i].opcode = op),
+        ));
+    }
+    let owner_len = |n: u64| {
+        edited(rdb, TARGET, |v| {
+            let mut nv = rdb_len(n);
+            nv.extend_from_slice(TARGET);
+            v.fields[holder_field(0, H_OWNER)].value = nv;
+        })
+    };
+    cases.push(("owner length 2^62".into(), owner_len(1 << 62)));
     cases.push((
-        "owner opcode string -> unsigned".into(),
-        edited(rdb, TARGET, |v| v.fields[0].opcode = OP_UINT),
-    ));
-    cases.push((
-        "holds opcode unsigned -> double".into(),
-        edited(rdb, TARGET, |v| v.fields[1].opcode = OP_DOUBLE),
-    ));
-    cases.push((
-        "token opcode unsigned -> string".into(),
-        edited(rdb, TARGET, |v| v.fields[2].opcode = OP_STRING),
+        "owner length one byte too long".into(),
+        owner_len(TARGET.len() as u64 + 1),
     ));
     cases.push((
         "EOF mark 0 -> 1".into(),
         edited(rdb, TARGET, |v| v.eof = vec![1]),
     ));
     cases.push((
-        "owner length 2^62".into(),
-        edited(rdb, TARGET, |v| {
-            let mut nv = rdb_len(1 << 62);
-            nv.extend_from_slice(TARGET);
-            v.fields[0].value = nv;
-        }),
+        "a field after the last holder".into(),
+        edited(rdb, TARGET, |v| v.fields.push(RawField::uint(7))),
     ));
     cases.push((
-        "owner length one byte too long".into(),
-        edited(rdb, TARGET, |v| {
-            let mut nv = rdb_len(TARGET.len() as u64 + 1);
-            nv.extend_from_slice(TARGET);
-            v.fields[0].value = nv;
-        }),
-    ));
-    cases.push((
-        "a fifth field".into(),
-        edited(rdb, TARGET, |v| {
-            v.fields.push(testkit::hostile::RawField::uint(7));
-        }),
-    ));
-    cases.push((
-        "the deadline field missing".into(),
+        "the reply field missing".into(),
         edited(rdb, TARGET, |v| {
             v.fields.pop();
         }),
     ));
-    cases.push((
-        "encoding version 2".into(),
-        edited(rdb, TARGET, |v| {
-            v.module_id = rdb_len(module_type_id("fencelock", 2));
-        }),
-    ));
-    cases.push((
-        "encoding version 0".into(),
-        edited(rdb, TARGET, |v| {
-            v.module_id = rdb_len(module_type_id("fencelock", 0));
-        }),
-    ));
+    for n in [0, 2, 1 << 40, u64::MAX] {
+        cases.push((
+            format!("holder count {n} (one holder follows)"),
+            edited(rdb, TARGET, |v| v.fields[1] = RawField::uint(n)),
+        ));
+    }
+    for (name, encver) in [("0", 0), ("1 (fields of 2)", 1), ("3", 3), ("1023", 1023)] {
+        cases.push((
+            format!("encoding version {name}"),
+            edited(rdb, TARGET, |v| {
+                v.module_id = rdb_len(fencelock_type_id_v(encver));
+            }),
+        ));
+    }
     cases.push((
         "another module type".into(),
         edited(rdb, TARGET, |v| {
-            v.module_id = rdb_len(module_type_id("otherlock", 1));
+            v.module_id = rdb_len(module_type_id("otherlock", ENCVER));
         }),
     ));
-    all_exit_cleanly(cases);
+    // The semaphore: two holders.
+    let (sv, _, _, sat) = value_of(rdb, PERMIT1);
+    assert_eq!(sv.fields.len(), holder_field(2, 0), "two holders");
+    cases.push((
+        "semaphore: file cut inside the second holder".into(),
+        cut(sat[holder_field(1, H_TOKEN)] + 2),
+    ));
+    let second: usize = sv.fields[holder_field(1, 0)..]
+        .iter()
+        .map(|f| rdb_len(f.opcode).len() + f.value.len())
+        .sum();
+    let from = sat[holder_field(1, 0)];
+    cases.push((
+        "semaphore: the second holder cut out".into(),
+        cut_out(rdb, from, from + second),
+    ));
+    for n in [1, 3] {
+        cases.push((
+            format!("semaphore: holder count {n} (two holders follow)"),
+            edited(rdb, PERMIT1, |v| v.fields[1] = RawField::uint(n)),
+        ));
+    }
+    cases.push((
+        "semaphore: the second holder's fields shifted by one".into(),
+        edited(rdb, PERMIT1, |v| {
+            v.fields.remove(holder_field(1, H_EXCLUSIVE));
+        }),
+    ));
+    all_exit_cleanly(cases.into_iter().map(|(n, f)| (n, f, None)).collect());
 }
 
 #[test]
-fn rdb_lock_fields_out_of_range_make_the_server_exit_cleanly() {
+fn rdb_lock_fields_that_break_the_rules_make_the_server_exit_cleanly() {
     let saved = saved_rdb();
     let rdb = &saved.rdb;
     let now = now_ms();
-    let hour = 3_600_000;
-    let lock = |owner: &[u8], holds: u64, token: u64, deadline: u64| {
-        with_value(
+    let t = 1u64 << 40;
+    let one = |owner: &[u8], e: u64, s: u64, token: u64, deadline: u64| {
+        with_lock(
             rdb,
             TARGET,
-            &ModuleValue::lock(owner, holds, token, deadline).encode_value(),
+            &LockFields {
+                limit: 0,
+                holders: vec![HolderFields::new(owner, e, s, token, deadline)],
+            },
         )
     };
-    let t = 1u64 << 40;
-    let cases: Vec<(String, Vec<u8>)> = vec![
+    let hour = now + HOUR;
+    let over = MAX_HOLDS + 1;
+    let mut cases: Vec<(String, Vec<u8>, Option<&'static str>)> = vec![
         (
             "token 2^63".into(),
-            lock(TARGET, 1, MAX_SERVER_TOKEN + 1, now + hour),
+            one(TARGET, 1, 0, MAX_SERVER_TOKEN + 1, hour),
+            Some("token"),
         ),
-        ("token 2^64-1".into(), lock(TARGET, 1, u64::MAX, now + hour)),
-        ("token 0".into(), lock(TARGET, 1, 0, now + hour)),
-        ("holds 0".into(), lock(TARGET, 0, t, now + hour)),
         (
-            "holds 2^63".into(),
-            lock(TARGET, i64::MAX as u64 + 1, t, now + hour),
+            "token 2^64-1".into(),
+            one(TARGET, 1, 0, u64::MAX, hour),
+            Some("token"),
         ),
-        ("holds 2^64-1".into(), lock(TARGET, u64::MAX, t, now + hour)),
+        ("token 0".into(), one(TARGET, 1, 0, 0, hour), Some("token")),
+        (
+            "holds 0 + 0".into(),
+            one(TARGET, 0, 0, t, hour),
+            Some("holds"),
+        ),
+        (
+            "exclusive holds 2^63".into(),
+            one(TARGET, over, 0, t, hour),
+            Some("holds"),
+        ),
+        (
+            "shared holds 2^63".into(),
+            one(TARGET, 0, over, t, hour),
+            Some("holds"),
+        ),
+        (
+            "holds 2^64-1".into(),
+            one(TARGET, u64::MAX, 0, t, hour),
+            Some("holds"),
+        ),
         (
             "owner of 100,000 bytes".into(),
-            lock(&[b'o'; 100_000], 1, t, now + hour),
+            one(&[b'o'; 100_000], 1, 0, t, hour),
+            Some("owner"),
         ),
         (
             "owner of 1025 bytes".into(),
-            lock(&[b'o'; 1025], 1, t, now + hour),
+            one(&[b'o'; 1025], 1, 0, t, hour),
+            Some("owner"),
         ),
-        ("empty owner".into(), lock(b"", 1, t, now + hour)),
-        ("deadline 2^62".into(), lock(TARGET, 1, t, 1 << 62)),
-        ("deadline 2^64-1".into(), lock(TARGET, 1, t, u64::MAX)),
-        ("deadline 0".into(), lock(TARGET, 1, t, 0)),
+        ("empty owner".into(), one(b"", 1, 0, t, hour), Some("owner")),
+        (
+            "deadline 2^62".into(),
+            one(TARGET, 1, 0, t, 1 << 62),
+            Some("deadline"),
+        ),
+        (
+            "deadline 2^64-1".into(),
+            one(TARGET, 1, 0, t, u64::MAX),
+            Some("deadline"),
+        ),
+        (
+            "deadline 0".into(),
+            one(TARGET, 1, 0, t, 0),
+            Some("deadline"),
+        ),
         (
             "deadline 40 days ahead".into(),
-            lock(TARGET, 1, t, now + 40 * DAY_MS),
+            one(TARGET, 1, 0, t, now + 40 * DAY_MS),
+            Some("deadline"),
+        ),
+        (
+            "encoding 1: token 2^63".into(),
+            with_value(
+                rdb,
+                TARGET,
+                &ModuleValue::lock(TARGET, 1, MAX_SERVER_TOKEN + 1, hour).encode_value(),
+            ),
+            Some("token"),
+        ),
+        (
+            "encoding 1: holds 0".into(),
+            with_value(
+                rdb,
+                TARGET,
+                &ModuleValue::lock(TARGET, 0, t, hour).encode_value(),
+            ),
+            Some("holds"),
         ),
         (
             "highest-token aux field 2^63".into(),
             with_aux_token(rdb, MAX_SERVER_TOKEN + 1),
+            Some("token field"),
         ),
         (
             "highest-token aux field 2^64-1".into(),
             with_aux_token(rdb, u64::MAX),
+            Some("token field"),
         ),
     ];
+    type Edit = Box<dyn Fn(&mut LockFields)>;
+    let family: Vec<(&str, &[u8], Edit, &'static str)> = vec![
+        (
+            "limit 1000001",
+            PERMIT1,
+            Box::new(|l| l.limit = 1_000_001),
+            "limit",
+        ),
+        (
+            "limit 2^32",
+            PERMIT1,
+            Box::new(|l| l.limit = 1 << 32),
+            "limit",
+        ),
+        (
+            "permits over the limit",
+            PERMIT1,
+            Box::new(|l| l.holders[1].shared = 4),
+            "only holder",
+        ),
+        (
+            "exclusive holds in a semaphore",
+            PERMIT1,
+            Box::new(|l| l.holders[0].exclusive = 1),
+            "only holder",
+        ),
+        (
+            "a semaphore holder with no permit",
+            PERMIT1,
+            Box::new(|l| l.holders[1].shared = 0),
+            "holds",
+        ),
+        (
+            "two permit holders with one owner",
+            PERMIT1,
+            Box::new(|l| l.holders[1].owner = PERMIT1.to_vec()),
+            "same owner or token",
+        ),
+        (
+            "two readers with one token",
+            READER1,
+            Box::new(|l| l.holders[1].token = l.holders[0].token),
+            "same owner or token",
+        ),
+        (
+            "an exclusive holder beside a reader",
+            READER1,
+            Box::new(|l| l.holders[1].exclusive = 1),
+            "only holder",
+        ),
+        (
+            "a reader turned into a semaphore holder of a smaller limit",
+            READER1,
+            Box::new(|l| l.limit = 2),
+            "only holder",
+        ),
+        (
+            "a remembered reply without its request id",
+            IDEM,
+            Box::new(|l| l.holders[0].id.clear()),
+            "request id",
+        ),
+        (
+            "a remembered request id of 65 bytes",
+            IDEM,
+            Box::new(|l| l.holders[0].id = vec![b'i'; 65]),
+            "request id",
+        ),
+        (
+            "a remembered reply of 2^63",
+            IDEM,
+            Box::new(|l| l.holders[0].reply = MAX_HOLDS + 1),
+            "request id",
+        ),
+        (
+            "a reader with a deadline 40 days ahead",
+            READER1,
+            Box::new(move |l| l.holders[1].deadline_ms = now + 40 * DAY_MS),
+            "deadline",
+        ),
+        (
+            "a permit holder with token 2^63",
+            PERMIT1,
+            Box::new(|l| l.holders[1].token = MAX_SERVER_TOKEN + 1),
+            "token",
+        ),
+    ];
+    for (name, owner, edit, reason) in family {
+        cases.push((name.into(), fields_edited(rdb, owner, edit), Some(reason)));
+    }
     all_exit_cleanly(cases);
 }
 
+/// A 1,000,000-permit semaphore with 300 holders, all permits taken.
+fn full_big_semaphore(now: u64) -> LockFields {
+    let mut holders: Vec<HolderFields> = (0..300u64)
+        .map(|i| HolderFields::new(format!("permit-{i}").as_bytes(), 0, 1, 1000 + i, now + HOUR))
+        .collect();
+    holders[299].shared = 1_000_000 - 299;
+    LockFields {
+        limit: 1_000_000,
+        holders,
+    }
+}
+
 #[test]
-fn rdb_lock_fields_at_their_limits_load_and_obey_the_rules() {
+fn rdb_lock_values_at_their_limits_load_and_obey_the_rules() {
     let saved = saved_rdb();
     let now = now_ms();
     let owner = vec![b'w'; 1024];
-    let holds = i64::MAX as u64;
     let deadline = now + 30 * DAY_MS;
-    let mut rdb = with_value(
-        &saved.rdb,
-        TARGET,
-        &ModuleValue::lock(&owner, holds, MAX_TOKEN, deadline).encode_value(),
-    );
-    rdb = with_value(&rdb, PAST, &ModuleValue::lock(PAST, 1, 5, 1).encode_value());
-    let short_deadline = now + 3000;
+    let target = LockFields {
+        limit: 0,
+        holders: vec![HolderFields::new(&owner, MAX_HOLDS, 0, MAX_TOKEN, deadline)],
+    };
+    let readers = LockFields {
+        limit: 0,
+        holders: (0..200u64)
+            .map(|i| {
+                let mut o = vec![b'r'; 1024];
+                o[..8].copy_from_slice(&i.to_be_bytes());
+                HolderFields::new(&o, 0, MAX_HOLDS - i, 5000 + i, now + HOUR + i)
+            })
+            .collect(),
+    };
+    let sem = full_big_semaphore(now);
+    let mut idem = LockFields::exclusive(IDEM, 1, 9999, now + HOUR);
+    idem.holders[0].id = vec![b'i'; 64];
+    idem.holders[0].reply = MAX_HOLDS;
+    let mut rdb = with_lock(&saved.rdb, TARGET, &target);
+    rdb = with_lock(&rdb, READER1, &readers);
+    rdb = with_lock(&rdb, PERMIT1, &sem);
+    rdb = with_lock(&rdb, IDEM, &idem);
+    // The first release's encoding beside the current one.
     rdb = with_value(
         &rdb,
+        OTHER,
+        &ModuleValue::lock(OTHER, 3, 77, now + HOUR).encode_value(),
+    );
+    let other = LockFields::exclusive(OTHER, 3, 77, now + HOUR);
+    rdb = with_value(&rdb, PAST, &ModuleValue::lock(PAST, 1, 5, 1).encode_value());
+    let short_deadline = now + 3000;
+    rdb = with_lock(
+        &rdb,
         SHORT,
-        &ModuleValue::lock(SHORT, 1, 6, short_deadline).encode_value(),
+        &LockFields {
+            limit: 3,
+            holders: vec![
+                HolderFields::new(SHORT, 0, 1, 6, short_deadline),
+                HolderFields::new(b"short-two", 0, 2, 7, short_deadline),
+            ],
+        },
     );
     let (_dir, mut p) = start_on(&rdb, &[]);
     match p.outcome(PATIENCE) {
@@ -375,33 +749,73 @@ fn rdb_lock_fields_at_their_limits_load_and_obey_the_rules() {
         ),
     }
     let mut c = p.conn();
-    let info = |c: &mut RawConn, k: &str| -> Option<RawLockInfo> {
-        parse_lock_info(&call(c, Cmd::new("LOCK.INFO").arg(k))).unwrap()
+    let expected: [(&str, &LockFields); 5] = [
+        ("lock:target", &target),
+        ("lock:shared", &readers),
+        ("lock:sem", &sem),
+        ("lock:idem", &idem),
+        ("lock:other", &other),
+    ];
+    let check_all = |c: &mut RawConn, when: &str| {
+        for (k, f) in expected {
+            let t_before = now_ms();
+            let i = info(c, k);
+            let t_after = now_ms();
+            let i = i.unwrap_or_else(|| panic!("{when}: {k} is not loaded"));
+            assert!(
+                lock_info_violations(&i, MAX_SERVER_TOKEN).is_empty(),
+                "{when}: {k}: {:?}",
+                lock_info_violations(&i, MAX_SERVER_TOKEN)
+            );
+            if let Err(e) = info_matches(Some(&i), f, t_before, t_after) {
+                panic!("{when}: {k}: {e}");
+            }
+        }
     };
-    let t = info(&mut c, "lock:target").expect("the lock at its limits is loaded");
-    assert!(
-        lock_info_violations(&t, MAX_SERVER_TOKEN).is_empty(),
-        "{t:?}"
-    );
-    assert_eq!(
-        (t.owner.as_slice(), t.holds, t.token),
-        (owner.as_slice(), i64::MAX, MAX_TOKEN as i64)
-    );
-    assert!(
-        t.ttl > 29 * DAY_MS as i64 && t.ttl <= 30 * DAY_MS as i64,
-        "ttl {}",
-        t.ttl
-    );
-    let other = info(&mut c, "lock:other").expect("the other lock is loaded");
-    assert_eq!(other.owner, OTHER);
+    check_all(&mut c, "loaded");
     assert_eq!(
         info(&mut c, "lock:past"),
         None,
         "a passed deadline is never shown"
     );
+    // The remembered request answers its retry, and changes nothing.
+    let retry = call(
+        &mut c,
+        Cmd::new("LOCK.ACQUIRE")
+            .arg("lock:idem")
+            .arg(IDEM)
+            .arg("60000")
+            .arg("ID")
+            .arg(vec![b'i'; 64]),
+    );
+    assert_eq!(
+        retry,
+        Reply::Int(i64::MAX),
+        "the retry is answered from the file"
+    );
+    // What was loaded is saved again (encoding 2, the encoding-1 value
+    // converted) and reloads the same.
+    assert_eq!(
+        call(&mut c, Cmd::new("DEBUG").arg("RELOAD")),
+        Reply::Status("OK".into()),
+        "DEBUG RELOAD\n{}",
+        p.report()
+    );
+    check_all(&mut c, "after DEBUG RELOAD");
     // The next fresh grant is above every token in the file.
     let fresh = acquire(&mut c, "fresh", b"me", 60_000);
     assert!(fresh > MAX_TOKEN as i64, "fresh token {fresh:#x}");
+    // The full semaphore grants nothing more; a holder adds nothing either.
+    let more = call(
+        &mut c,
+        Cmd::new("LOCK.ACQUIRE")
+            .arg("lock:sem")
+            .arg("permit-0")
+            .arg("60000")
+            .arg("LIMIT")
+            .arg("1000000"),
+    );
+    assert_eq!(more, Reply::Nil, "no permit is free");
     // Re-entry at the holds limit: no crash, holds stay positive.
     let r = call(
         &mut c,
@@ -416,7 +830,8 @@ fn rdb_lock_fields_at_their_limits_load_and_obey_the_rules() {
         "re-entry at holds i64::MAX answered {r:?}"
     );
     let t2 = info(&mut c, "lock:target").expect("still held");
-    assert!(t2.holds >= 1 && t2.token == MAX_TOKEN as i64, "{t2:?}");
+    let h = t2.exclusive().expect("exclusive");
+    assert!(h.holds >= 1 && h.token == MAX_TOKEN as i64, "{t2:?}");
     // Other keys are intact.
     assert_eq!(
         call(&mut c, Cmd::new("GET").arg("str")),
@@ -427,14 +842,11 @@ fn rdb_lock_fields_at_their_limits_load_and_obey_the_rules() {
         call(&mut c, Cmd::new("HGET").arg("hash").arg("f")),
         Reply::Bulk(b"v".to_vec())
     );
-    // The passed and the short lease go on their own.
+    // The passed and the short leases go on their own.
     let until =
         Instant::now() + PATIENCE + Duration::from_millis(short_deadline.saturating_sub(now_ms()));
     for k in ["lock:past", "lock:short"] {
-        loop {
-            if call(&mut c, Cmd::new("EXISTS").arg(k)) == Reply::Int(0) {
-                break;
-            }
+        while call(&mut c, Cmd::new("EXISTS").arg(k)) != Reply::Int(0) {
             assert!(
                 Instant::now() < until,
                 "{k} still exists long after its deadline"
@@ -443,7 +855,7 @@ fn rdb_lock_fields_at_their_limits_load_and_obey_the_rules() {
         }
     }
     let held = info_value(&call(&mut c, Cmd::new("INFO").arg("lock")), "lock_held");
-    assert_eq!(held, Some(3), "lock:target, lock:other, fresh");
+    assert_eq!(held, Some(6), "the five locks above and fresh");
     let signs = crash_signs(&p.log());
     assert!(signs.is_empty(), "{signs:?}\n{}", p.report());
 }
@@ -456,11 +868,15 @@ fn an_rdb_claiming_the_last_token_loads_and_grants_fail_instead_of_repeating() {
     let files: Vec<(&str, Vec<u8>)> = vec![
         (
             "a lock with token 2^63-1",
-            with_value(
+            with_lock(
                 &saved.rdb,
                 TARGET,
-                &ModuleValue::lock(TARGET, 2, last, now + 3_600_000).encode_value(),
+                &LockFields::exclusive(TARGET, 2, last, now + HOUR),
             ),
+        ),
+        (
+            "a permit holder with token 2^63-1",
+            fields_edited(&saved.rdb, PERMIT1, |l| l.holders[0].token = last),
         ),
         (
             "the highest-token aux field at 2^63-1",
@@ -477,25 +893,38 @@ fn an_rdb_claiming_the_last_token_loads_and_grants_fail_instead_of_repeating() {
             ),
         }
         let mut c = p.conn();
-        let before = call(&mut c, Cmd::new("LOCK.INFO").arg("lock:target"));
-        // No token is left: a fresh grant fails and changes nothing.
-        let r = call(
-            &mut c,
-            Cmd::new("LOCK.ACQUIRE").arg("fresh").arg("me").arg("60000"),
-        );
-        assert!(
-            matches!(&r, Reply::Error(e) if e.starts_with("ERR")),
-            "{name}: a fresh grant answered {r:?}"
-        );
+        let before = info(&mut c, "lock:target").expect("lock:target loaded");
+        let sem_before = info(&mut c, "lock:sem").expect("lock:sem loaded");
+        // No token is left: a fresh grant of any kind fails and changes
+        // nothing.
+        for (key, opts) in [
+            ("fresh", vec![]),
+            ("fresh", vec!["SHARED"]),
+            ("lock:shared", vec!["SHARED"]),
+            ("lock:sem", vec!["LIMIT", "5"]),
+        ] {
+            let mut cmd = Cmd::new("LOCK.ACQUIRE").arg(key).arg("me").arg("60000");
+            for o in &opts {
+                cmd = cmd.arg(o);
+            }
+            let r = call(&mut c, cmd);
+            assert!(
+                matches!(&r, Reply::Error(e) if e.starts_with("ERR no fencing token left")),
+                "{name}: a fresh grant on {key} {opts:?} answered {r:?}"
+            );
+        }
         assert_eq!(
             call(&mut c, Cmd::new("EXISTS").arg("fresh")),
             Reply::Int(0),
             "{name}"
         );
+        assert_eq!(
+            info(&mut c, "lock:sem").map(|i| i.summary()),
+            Some(sem_before.summary()),
+            "{name}"
+        );
         // Re-entry needs no new token.
-        let t = parse_lock_info(&before)
-            .unwrap()
-            .expect("lock:target loaded");
+        let t = before.exclusive().expect("exclusive").clone();
         let r = call(
             &mut c,
             Cmd::new("LOCK.ACQUIRE")
@@ -511,10 +940,9 @@ fn an_rdb_claiming_the_last_token_loads_and_grants_fail_instead_of_repeating() {
             "{name}: DEBUG RELOAD\n{}",
             p.report()
         );
-        let after = parse_lock_info(&call(&mut c, Cmd::new("LOCK.INFO").arg("lock:target")))
-            .unwrap()
-            .expect("lock:target after DEBUG RELOAD");
-        assert_eq!((after.token, after.holds), (t.token, t.holds + 1), "{name}");
+        let after = info(&mut c, "lock:target").expect("lock:target after DEBUG RELOAD");
+        let a = after.exclusive().expect("exclusive");
+        assert_eq!((a.token, a.holds), (t.token, t.holds + 1), "{name}");
         let r = call(
             &mut c,
             Cmd::new("LOCK.ACQUIRE").arg("fresh").arg("me").arg("60000"),
@@ -672,25 +1100,24 @@ fn replica_full_sync_with_a_corrupt_payload_never_aborts() {
     use std::os::unix::process::ExitStatusExt;
     let saved = saved_rdb();
     let rdb = &saved.rdb;
-    let (v, s, _) = value_of(rdb, TARGET);
-    let token_at = s
-        + v.module_id.len()
-        + v.fields[..2]
-            .iter()
-            .map(|f| rdb_len(f.opcode).len() + f.value.len())
-            .sum::<usize>();
+    let (_, _, _, at) = value_of(rdb, TARGET);
     let payloads: Vec<(&str, Vec<u8>)> = vec![
-        ("cut inside the lock value", rdb[..token_at + 3].to_vec()),
+        (
+            "cut inside the lock value",
+            rdb[..at[holder_field(0, H_TOKEN)] + 3].to_vec(),
+        ),
         (
             "owner opcode string -> unsigned",
-            edited(rdb, TARGET, |v| v.fields[0].opcode = OP_UINT),
+            edited(rdb, TARGET, |v| {
+                v.fields[holder_field(0, H_OWNER)].opcode = OP_UINT;
+            }),
         ),
         (
             "token 2^64-1",
-            with_value(
+            with_lock(
                 rdb,
                 TARGET,
-                &ModuleValue::lock(TARGET, 1, u64::MAX, now_ms() + 3_600_000).encode_value(),
+                &LockFields::exclusive(TARGET, 1, u64::MAX, now_ms() + HOUR),
             ),
         ),
         (
@@ -698,8 +1125,16 @@ fn replica_full_sync_with_a_corrupt_payload_never_aborts() {
             edited(rdb, TARGET, |v| {
                 let mut nv = rdb_len(1 << 62);
                 nv.extend_from_slice(TARGET);
-                v.fields[0].value = nv;
+                v.fields[holder_field(0, H_OWNER)].value = nv;
             }),
+        ),
+        (
+            "a semaphore over its limit",
+            fields_edited(rdb, PERMIT1, |l| l.holders[0].shared = 5),
+        ),
+        (
+            "holder count 2^40",
+            edited(rdb, READER1, |v| v.fields[1] = RawField::uint(1 << 40)),
         ),
     ];
     let mut failures = Vec::new();
@@ -760,6 +1195,8 @@ fn replica_full_sync_with_a_corrupt_payload_never_aborts() {
     );
 }
 
+// ------------------------------------------------------- LOCK.APPLY lines
+
 /// RESP encoding of a command.
 fn resp(args: &[&[u8]]) -> Vec<u8> {
     let mut c = Cmd::default();
@@ -769,10 +1206,65 @@ fn resp(args: &[&[u8]]) -> Vec<u8> {
     c.encode()
 }
 
+/// `LOCK.APPLY key` and the rest.
+fn apply(key: &str, rest: &[&[u8]]) -> Vec<u8> {
+    let mut args: Vec<&[u8]> = vec![b"LOCK.APPLY", key.as_bytes()];
+    args.extend_from_slice(rest);
+    resp(&args)
+}
+
+/// A valid `LOCK.APPLY` line of the first release's form.
+fn apply_line(key: &str, owner: &[u8], holds: u64, token: u64, deadline: u64) -> Vec<u8> {
+    apply(
+        key,
+        &[
+            owner,
+            holds.to_string().as_bytes(),
+            token.to_string().as_bytes(),
+            deadline.to_string().as_bytes(),
+        ],
+    )
+}
+
+/// A `LOCK.APPLY key owner n token deadline KIND m [ID id reply]` line.
+#[allow(clippy::too_many_arguments)] // the fields of the effect, in order
+fn share_line(
+    key: &str,
+    owner: &[u8],
+    n: u64,
+    token: u64,
+    deadline: u64,
+    kind: &str,
+    m: u64,
+    memo: Option<(&[u8], u64)>,
+) -> Vec<u8> {
+    let (n, token, deadline, m) = (
+        n.to_string(),
+        token.to_string(),
+        deadline.to_string(),
+        m.to_string(),
+    );
+    let mut rest: Vec<&[u8]> = vec![
+        owner,
+        n.as_bytes(),
+        token.as_bytes(),
+        deadline.as_bytes(),
+        kind.as_bytes(),
+        m.as_bytes(),
+    ];
+    let reply;
+    if let Some((id, r)) = memo {
+        reply = r.to_string();
+        rest.extend([&b"ID"[..], id, reply.as_bytes()]);
+    }
+    apply(key, &rest)
+}
+
 /// `LOCK.APPLY` lines that every load path must refuse, each on its own
-/// key `bad:<n>`, plus their descriptions.
+/// key `bad:<n>` (the key must not exist afterwards), plus their
+/// descriptions.
 fn hostile_applies(now: u64) -> Vec<(String, Vec<u8>)> {
-    let hour = (now + 3_600_000).to_string();
+    let hour = (now + HOUR).to_string();
     let tok = ((now << 20) + 77).to_string();
     let big_owner = vec![b'o'; 100_000];
     let long_owner = vec![b'o'; 1025];
@@ -780,92 +1272,391 @@ fn hostile_applies(now: u64) -> Vec<(String, Vec<u8>)> {
     let imax1 = (i64::MAX as u64 + 1).to_string();
     let far = (now + 40 * DAY_MS).to_string();
     let huge = (1u64 << 62).to_string();
+    let long_id = vec![b'i'; 65];
+    let (h, t) = (hour.as_bytes(), tok.as_bytes());
     let cases: Vec<(&str, Vec<&[u8]>)> = vec![
-        (
-            "token 2^63",
-            vec![&b"o"[..], b"1", imax1.as_bytes(), hour.as_bytes()],
-        ),
-        (
-            "token 2^64-1",
-            vec![&b"o"[..], b"1", umax.as_bytes(), hour.as_bytes()],
-        ),
-        ("token 0", vec![&b"o"[..], b"1", b"0", hour.as_bytes()]),
-        ("token -1", vec![&b"o"[..], b"1", b"-1", hour.as_bytes()]),
-        ("token +5", vec![&b"o"[..], b"1", b"+5", hour.as_bytes()]),
-        ("token 1.5", vec![&b"o"[..], b"1", b"1.5", hour.as_bytes()]),
+        ("token 2^63", vec![b"o", b"1", imax1.as_bytes(), h]),
+        ("token 2^64-1", vec![b"o", b"1", umax.as_bytes(), h]),
+        ("token 0", vec![b"o", b"1", b"0", h]),
+        ("token -1", vec![b"o", b"1", b"-1", h]),
+        ("token +5", vec![b"o", b"1", b"+5", h]),
+        ("token 1.5", vec![b"o", b"1", b"1.5", h]),
         (
             "owner of 1025 bytes",
-            vec![long_owner.as_slice(), b"1", tok.as_bytes(), hour.as_bytes()],
+            vec![long_owner.as_slice(), b"1", t, h],
         ),
         (
             "owner of 100,000 bytes",
-            vec![big_owner.as_slice(), b"1", tok.as_bytes(), hour.as_bytes()],
+            vec![big_owner.as_slice(), b"1", t, h],
         ),
-        (
-            "empty owner",
-            vec![&b""[..], b"1", tok.as_bytes(), hour.as_bytes()],
-        ),
-        (
-            "holds 0",
-            vec![&b"o"[..], b"0", tok.as_bytes(), hour.as_bytes()],
-        ),
-        (
-            "holds 2^63",
-            vec![&b"o"[..], imax1.as_bytes(), tok.as_bytes(), hour.as_bytes()],
-        ),
-        (
-            "holds -5",
-            vec![&b"o"[..], b"-5", tok.as_bytes(), hour.as_bytes()],
-        ),
-        (
-            "holds abc",
-            vec![&b"o"[..], b"abc", tok.as_bytes(), hour.as_bytes()],
-        ),
-        (
-            "holds empty",
-            vec![&b"o"[..], b"", tok.as_bytes(), hour.as_bytes()],
-        ),
+        ("empty owner", vec![b"", b"1", t, h]),
+        ("holds 0", vec![b"o", b"0", t, h]),
+        ("holds 2^63", vec![b"o", imax1.as_bytes(), t, h]),
+        ("holds -5", vec![b"o", b"-5", t, h]),
+        ("holds abc", vec![b"o", b"abc", t, h]),
+        ("holds empty", vec![b"o", b"", t, h]),
         (
             "deadline 40 days ahead",
-            vec![&b"o"[..], b"1", tok.as_bytes(), far.as_bytes()],
+            vec![b"o", b"1", t, far.as_bytes()],
+        ),
+        ("deadline 2^62", vec![b"o", b"1", t, huge.as_bytes()]),
+        ("deadline 0", vec![b"o", b"1", t, b"0"]),
+        ("deadline ' 5'", vec![b"o", b"1", t, b" 5"]),
+        ("three fields", vec![b"o", b"1", t]),
+        ("five fields", vec![b"o", b"1", t, h, b"1"]),
+        (
+            "SHARED 0 with 0 exclusive",
+            vec![b"o", b"0", t, h, b"SHARED", b"0"],
         ),
         (
-            "deadline 2^62",
-            vec![&b"o"[..], b"1", tok.as_bytes(), huge.as_bytes()],
+            "SHARED 2^63",
+            vec![b"o", b"0", t, h, b"SHARED", imax1.as_bytes()],
         ),
-        ("deadline 0", vec![&b"o"[..], b"1", tok.as_bytes(), b"0"]),
         (
-            "deadline ' 5'",
-            vec![&b"o"[..], b"1", tok.as_bytes(), b" 5"],
+            "exclusive 2^63",
+            vec![b"o", imax1.as_bytes(), t, h, b"SHARED", b"0"],
         ),
-        ("three fields", vec![&b"o"[..], b"1", tok.as_bytes()]),
+        ("SHARED -1", vec![b"o", b"0", t, h, b"SHARED", b"-1"]),
         (
-            "five fields",
-            vec![&b"o"[..], b"1", tok.as_bytes(), hour.as_bytes(), b"1"],
+            "SHARED without its count",
+            vec![b"o", b"0", t, h, b"SHARED"],
         ),
+        ("share token 0", vec![b"o", b"0", b"0", h, b"SHARED", b"1"]),
+        (
+            "share token 2^63",
+            vec![b"o", b"0", imax1.as_bytes(), h, b"SHARED", b"1"],
+        ),
+        (
+            "share deadline 40 days ahead",
+            vec![b"o", b"0", t, far.as_bytes(), b"SHARED", b"1"],
+        ),
+        (
+            "share deadline 0",
+            vec![b"o", b"0", t, b"0", b"SHARED", b"1"],
+        ),
+        (
+            "share owner of 1025 bytes",
+            vec![long_owner.as_slice(), b"0", t, h, b"SHARED", b"1"],
+        ),
+        ("share empty owner", vec![b"", b"0", t, h, b"SHARED", b"1"]),
+        (
+            "an unknown kind word",
+            vec![b"o", b"1", t, h, b"EXCLUSIVE", b"1"],
+        ),
+        ("LIMIT 0", vec![b"o", b"1", t, h, b"LIMIT", b"0"]),
+        (
+            "LIMIT 1000001",
+            vec![b"o", b"1", t, h, b"LIMIT", b"1000001"],
+        ),
+        (
+            "LIMIT 2^32",
+            vec![b"o", b"1", t, h, b"LIMIT", b"4294967296"],
+        ),
+        ("LIMIT -1", vec![b"o", b"1", t, h, b"LIMIT", b"-1"]),
+        (
+            "LIMIT with no permit",
+            vec![b"o", b"0", t, h, b"LIMIT", b"5"],
+        ),
+        (
+            "permits over the limit",
+            vec![b"o", b"6", t, h, b"LIMIT", b"5"],
+        ),
+        (
+            "eight fields",
+            vec![b"o", b"1", t, h, b"SHARED", b"1", b"x"],
+        ),
+        (
+            "ID without its reply",
+            vec![b"o", b"1", t, h, b"SHARED", b"0", b"ID", b"r"],
+        ),
+        (
+            "ID empty",
+            vec![b"o", b"1", t, h, b"SHARED", b"0", b"ID", b"", b"5"],
+        ),
+        (
+            "ID of 65 bytes",
+            vec![
+                b"o",
+                b"1",
+                t,
+                h,
+                b"SHARED",
+                b"0",
+                b"ID",
+                long_id.as_slice(),
+                b"5",
+            ],
+        ),
+        (
+            "ID reply 2^63",
+            vec![
+                b"o",
+                b"1",
+                t,
+                h,
+                b"SHARED",
+                b"0",
+                b"ID",
+                b"r",
+                imax1.as_bytes(),
+            ],
+        ),
+        (
+            "ID reply -1",
+            vec![b"o", b"1", t, h, b"SHARED", b"0", b"ID", b"r", b"-1"],
+        ),
+        (
+            "NOTID instead of ID",
+            vec![b"o", b"1", t, h, b"SHARED", b"0", b"NOTID", b"r", b"5"],
+        ),
+        (
+            "eleven fields",
+            vec![b"o", b"1", t, h, b"SHARED", b"0", b"ID", b"r", b"5", b"x"],
+        ),
+        ("DROP with an empty owner", vec![b"", b"DROP"]),
+        ("DROP with an extra field", vec![b"o", b"DROP", b"x"]),
     ];
     cases
         .into_iter()
         .enumerate()
-        .map(|(i, (name, fields))| {
-            let key = format!("bad:{i}");
-            let mut args: Vec<&[u8]> = vec![b"LOCK.APPLY", key.as_bytes()];
-            args.extend(fields);
-            (name.to_string(), resp(&args))
-        })
+        .map(|(i, (name, fields))| (name.to_string(), apply(&format!("bad:{i}"), &fields)))
         .collect()
 }
 
-/// A valid `LOCK.APPLY` line.
-fn apply_line(key: &str, owner: &[u8], holds: u64, token: u64, deadline: u64) -> Vec<u8> {
-    resp(&[
-        b"LOCK.APPLY",
-        key.as_bytes(),
-        owner,
-        holds.to_string().as_bytes(),
-        token.to_string().as_bytes(),
-        deadline.to_string().as_bytes(),
-    ])
+/// `LOCK.APPLY` lines that would break the family keys (`family_keys`),
+/// each refused: the keys stay as they were. The flag says whether the
+/// module checks it against the key (and logs its refusal) rather than
+/// refusing its arguments.
+fn hostile_family_applies(
+    now: u64,
+    token_of: &dyn Fn(&str, &[u8]) -> u64,
+) -> Vec<(String, Vec<u8>, bool)> {
+    let hour = now + HOUR;
+    let tok = (now << 20) + 99;
+    let memo = Some((&b""[..], 3));
+    vec![
+        (
+            "a reader beside the exclusive holder",
+            share_line("lock:target", b"reader-x", 0, tok, hour, "SHARED", 1, None),
+        ),
+        (
+            "the exclusive holder with token 2^64-1",
+            apply_line("lock:target", TARGET, 1, u64::MAX, hour),
+        ),
+        (
+            "an intruder with token 2^64-1",
+            apply_line("lock:target", b"intruder", 1, u64::MAX, hour),
+        ),
+        (
+            "a permit holder on the exclusive lock",
+            share_line("lock:target", b"p-new", 1, tok, hour, "LIMIT", 5, None),
+        ),
+        (
+            "an exclusive holder beside the readers",
+            share_line("lock:shared", b"writer", 1, tok, hour, "SHARED", 0, None),
+        ),
+        (
+            "a reader turned exclusive beside another",
+            share_line(
+                "lock:shared",
+                READER1,
+                1,
+                token_of("lock:shared", READER1),
+                hour,
+                "SHARED",
+                1,
+                None,
+            ),
+        ),
+        (
+            "a new reader with another reader's token",
+            share_line(
+                "lock:shared",
+                b"reader-new",
+                0,
+                token_of("lock:shared", READER2),
+                hour,
+                "SHARED",
+                1,
+                None,
+            ),
+        ),
+        (
+            "permits on the read/write lock",
+            share_line("lock:shared", b"p-new", 3, tok, hour, "LIMIT", 5, None),
+        ),
+        (
+            "permits over the limit",
+            share_line("lock:sem", b"p-new", 3, tok, hour, "LIMIT", 5, None),
+        ),
+        (
+            "permits of another limit",
+            share_line("lock:sem", b"p-new", 1, tok, hour, "LIMIT", 6, None),
+        ),
+        (
+            "a reader on the semaphore",
+            share_line("lock:sem", b"p-new", 0, tok, hour, "SHARED", 1, None),
+        ),
+        (
+            "a permit holder's record over the limit",
+            share_line(
+                "lock:sem",
+                PERMIT1,
+                5,
+                token_of("lock:sem", PERMIT1),
+                hour,
+                "LIMIT",
+                5,
+                None,
+            ),
+        ),
+        (
+            "a remembered reply without its id",
+            share_line(
+                "lock:idem",
+                IDEM,
+                1,
+                token_of("lock:idem", IDEM),
+                hour,
+                "SHARED",
+                0,
+                memo,
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(n, l)| {
+        let by_arguments = n.contains("2^64-1") || n.contains("without its id");
+        (n.to_string(), l, !by_arguments)
+    })
+    .collect()
+}
+
+/// Valid `LOCK.APPLY` lines of the family forms and what they leave:
+/// `good:shared` (two readers, one with a remembered request), `good:sem`
+/// (4 permits: p2 1, p3 1 after p1 was dropped), `good:down` (a downgrade:
+/// holds 2), `good:lower` (lowercase keywords), and `lock:sem` with
+/// `PERMIT2` holding 2 permits.
+fn valid_family_applies(now: u64, t: u64, token_of: &dyn Fn(&str, &[u8]) -> u64) -> Vec<u8> {
+    let hour = now + HOUR;
+    [
+        share_line("good:shared", b"r1", 0, t, hour, "SHARED", 2, None),
+        share_line(
+            "good:shared",
+            b"r2",
+            0,
+            t + 1,
+            hour,
+            "SHARED",
+            1,
+            Some((b"req-9", 1)),
+        ),
+        share_line("good:sem", b"p1", 2, t + 2, hour, "LIMIT", 4, None),
+        share_line("good:sem", b"p2", 1, t + 3, hour, "LIMIT", 4, None),
+        share_line("good:sem", b"p3", 1, t + 4, hour, "LIMIT", 4, None),
+        apply("good:sem", &[b"p1", b"DROP"]),
+        apply("good:sem", &[b"ghost", b"DROP"]),
+        share_line("good:down", b"d", 1, t + 5, hour, "SHARED", 1, None),
+        share_line("good:lower", b"w", 0, t + 6, hour, "shared", 1, None),
+        share_line(
+            "lock:sem",
+            PERMIT2,
+            2,
+            token_of("lock:sem", PERMIT2),
+            hour,
+            "LIMIT",
+            5,
+            None,
+        ),
+    ]
+    .concat()
+}
+
+/// Checks what the valid family lines left and that the family keys are
+/// as `before` (with `PERMIT2`'s change); returns the failures.
+fn family_after(
+    c: &mut RawConn,
+    before: &BTreeMap<&'static str, RawLockInfo>,
+    t: u64,
+    max_token: u64,
+    writable: bool,
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    let t = t as i64;
+    let expect: Vec<(&str, InfoMode, HolderSummary)> = vec![
+        (
+            "good:shared",
+            InfoMode::Shared,
+            vec![(b"r1".to_vec(), 2, t), (b"r2".to_vec(), 1, t + 1)],
+        ),
+        (
+            "good:sem",
+            InfoMode::Semaphore,
+            vec![(b"p2".to_vec(), 1, t + 3), (b"p3".to_vec(), 1, t + 4)],
+        ),
+        (
+            "good:down",
+            InfoMode::Exclusive,
+            vec![(b"d".to_vec(), 2, t + 5)],
+        ),
+        (
+            "good:lower",
+            InfoMode::Shared,
+            vec![(b"w".to_vec(), 1, t + 6)],
+        ),
+    ];
+    for (k, mode, holders) in expect {
+        match info(c, k) {
+            Some(i) if i.mode == mode && i.summary() == holders => {
+                for v in lock_info_violations(&i, max_token) {
+                    bad.push(format!("{k}: {v}"));
+                }
+            }
+            other => bad.push(format!("{k}: expected {mode:?} {holders:?}, got {other:?}")),
+        }
+    }
+    if let Some(i) = info(c, "good:sem") {
+        if (i.limit, i.available) != (Some(4), Some(2)) {
+            bad.push(format!(
+                "good:sem: limit and available {:?}",
+                (i.limit, i.available)
+            ));
+        }
+    }
+    // The retry of r2's remembered request is answered from it (a replica
+    // takes no writes).
+    let retry = if !writable {
+        Reply::Int(1)
+    } else {
+        call(
+            c,
+            Cmd::new("LOCK.RELEASE")
+                .arg("good:shared")
+                .arg("r2")
+                .arg("ID")
+                .arg("req-9"),
+        )
+    };
+    if retry != Reply::Int(1) {
+        bad.push(format!(
+            "the retry of a replicated request answered {retry:?}"
+        ));
+    }
+    for (k, i) in before {
+        let mut want = i.summary();
+        if *k == "lock:sem" {
+            for h in &mut want {
+                if h.0 == PERMIT2 {
+                    h.1 = 2;
+                }
+            }
+        }
+        match info(c, k) {
+            Some(got) if got.summary() == want && got.mode == i.mode => {}
+            other => bad.push(format!("{k} changed: expected {want:?}, got {other:?}")),
+        }
+    }
+    bad
 }
 
 /// Checks the keys of the hostile lines are absent; returns the failures.
@@ -883,41 +1674,33 @@ fn hostile_keys_absent(c: &mut RawConn, hostile: &[(String, Vec<u8>)]) -> Vec<St
     bad
 }
 
+/// How many of the module's refusals of `LOCK.APPLY` the log shows.
+fn refusals_logged(log: &str) -> usize {
+    log.matches("fencelock: refused LOCK.APPLY").count()
+}
+
 #[test]
 fn a_replica_refuses_hostile_lock_apply_from_its_master() {
     let saved = saved_rdb();
     let now = now_ms();
     let hostile = hostile_applies(now);
+    let token_of = |k: &str, o: &[u8]| saved.token(k, o) as u64;
+    let family = hostile_family_applies(now, &token_of);
     let good_token = (now << 20) + 4242;
+    let family_token = (now << 20) + 5000;
     let mut stream = resp(&[b"SELECT", b"0"]);
     for (i, (_, line)) in hostile.iter().enumerate() {
         stream.extend_from_slice(line);
         if i == hostile.len() / 2 {
-            stream.extend(apply_line(
-                "good:apply",
-                b"g",
-                2,
-                good_token,
-                now + 3_600_000,
-            ));
+            stream.extend(apply_line("good:apply", b"g", 2, good_token, now + HOUR));
+            stream.extend(valid_family_applies(now, family_token, &token_of));
         }
     }
+    for (_, line, _) in &family {
+        stream.extend_from_slice(line);
+    }
     // Above the RESTORE limit but valid from a master.
-    stream.extend(apply_line(
-        "good:top",
-        b"t",
-        1,
-        MAX_TOKEN + 1,
-        now + 3_600_000,
-    ));
-    // A hostile change of a lock the replica has: must leave it as it is.
-    stream.extend(apply_line(
-        "lock:target",
-        b"intruder",
-        1,
-        u64::MAX,
-        now + 3_600_000,
-    ));
+    stream.extend(apply_line("good:top", b"t", 1, MAX_TOKEN + 1, now + HOUR));
     stream.extend(resp(&[b"SET", b"marker", b"done"]));
     let master = FakeMaster::start(saved.rdb.clone(), stream);
     let (_dir, p) = replica_of(&master, &[]);
@@ -932,22 +1715,37 @@ fn a_replica_refuses_hostile_lock_apply_from_its_master() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut failures = hostile_keys_absent(&mut c, &hostile);
-    let good = parse_lock_info(&call(&mut c, Cmd::new("LOCK.INFO").arg("good:apply"))).unwrap();
-    match good {
-        Some(i) if i.owner == b"g" && i.holds == 2 && i.token == good_token as i64 => {}
+    match info(&mut c, "good:apply")
+        .as_ref()
+        .and_then(|i| i.exclusive())
+    {
+        Some(h) if h.owner == b"g" && h.holds == 2 && h.token == good_token as i64 => {}
         other => failures.push(format!("the valid LOCK.APPLY gave {other:?}")),
     }
-    let top = parse_lock_info(&call(&mut c, Cmd::new("LOCK.INFO").arg("good:top"))).unwrap();
-    match top {
-        Some(i) if i.owner == b"t" && i.token == (MAX_TOKEN + 1) as i64 => {}
+    match info(&mut c, "good:top")
+        .as_ref()
+        .and_then(|i| i.exclusive())
+    {
+        Some(h) if h.owner == b"t" && h.token == (MAX_TOKEN + 1) as i64 => {}
         other => failures.push(format!(
             "a LOCK.APPLY with token 0x7000000000000001 (valid from a master) gave {other:?}"
         )),
     }
-    let target = parse_lock_info(&call(&mut c, Cmd::new("LOCK.INFO").arg("lock:target"))).unwrap();
-    match target {
-        Some(i) if i.owner == TARGET && i.token == saved.target_token && i.holds == 2 => {}
-        other => failures.push(format!("lock:target after a hostile LOCK.APPLY: {other:?}")),
+    failures.extend(family_after(
+        &mut c,
+        &saved.infos,
+        family_token,
+        MAX_SERVER_TOKEN,
+        false,
+    ));
+    // Every refusal is the module's, and said so in the log (not a
+    // failure of something else).
+    let refused = refusals_logged(&p.log());
+    let checked = family.iter().filter(|f| f.2).count();
+    if refused < checked {
+        failures.push(format!(
+            "the log shows {refused} refused LOCK.APPLY, at least {checked} expected"
+        ));
     }
     assert_eq!(call(&mut c, Cmd::new("PING")), Reply::Status("PONG".into()));
     let signs = crash_signs(&p.log());
@@ -994,9 +1792,10 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
         .arg("appendfsync", "always")
         .start();
     let mut c = RawConn::connect(s.port).unwrap();
-    let t1 = acquire(&mut c, "good:1", b"g1", 3_600_000);
-    let t2 = acquire(&mut c, "good:2", b"g2", 3_600_000);
-    acquire(&mut c, "good:2", b"g2", 3_600_000);
+    let t1 = acquire(&mut c, "good:1", b"g1", HOUR);
+    let t2 = acquire(&mut c, "good:2", b"g2", HOUR);
+    acquire(&mut c, "good:2", b"g2", HOUR);
+    let before = family_keys(&mut c);
     call(&mut c, Cmd::new("SET").arg("str").arg("v"));
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -1014,7 +1813,10 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
 
     let now = now_ms();
     let hostile = hostile_applies(now);
+    let token_of = |k: &str, o: &[u8]| before[k].holder(o).unwrap().token as u64;
+    let family = hostile_family_applies(now, &token_of);
     let ok_token = (now << 20) + 12_345;
+    let family_token = (now << 20) + 20_000;
     let max_owner = vec![b'm'; 1024];
     let mut tail = Vec::new();
     for (i, (_, line)) in hostile.iter().enumerate() {
@@ -1025,7 +1827,7 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
                 b"owner-ok",
                 3,
                 ok_token,
-                now + 3_600_000,
+                now + HOUR,
             )),
             7 => tail.extend(apply_line(
                 "applied:max",
@@ -1035,8 +1837,12 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
                 now + 30 * DAY_MS,
             )),
             11 => tail.extend(apply_line("applied:past", b"owner-p", 1, ok_token + 1, 1)),
+            20 => tail.extend(valid_family_applies(now, family_token, &token_of)),
             _ => {}
         }
+    }
+    for (_, line, _) in &family {
+        tail.extend_from_slice(line);
     }
     // Above the RESTORE limit but valid in a file a server wrote.
     tail.extend(apply_line(
@@ -1044,16 +1850,10 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
         b"owner-t",
         1,
         MAX_TOKEN + 1,
-        now + 3_600_000,
+        now + HOUR,
     ));
     // Hostile changes of an existing lock: it stays as it was.
-    tail.extend(apply_line(
-        "good:1",
-        b"intruder",
-        1,
-        u64::MAX,
-        now + 3_600_000,
-    ));
+    tail.extend(apply_line("good:1", b"intruder", 1, u64::MAX, now + HOUR));
     tail.extend(resp(&[
         b"LOCK.ACQUIRE",
         b"good:1",
@@ -1062,22 +1862,33 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
         b"WAIT",
         b"0",
     ]));
-    // Inside MULTI/EXEC: the hostile one refused, the valid one applied.
+    // Inside MULTI/EXEC: the hostile ones refused, the valid one applied.
     tail.extend(resp(&[b"MULTI"]));
-    tail.extend(resp(&[
-        b"LOCK.APPLY",
-        b"bad:multi",
+    tail.extend(apply(
+        "bad:multi",
+        &[
+            b"o",
+            b"1",
+            u64::MAX.to_string().as_bytes(),
+            (now + HOUR).to_string().as_bytes(),
+        ],
+    ));
+    tail.extend(share_line(
+        "bad:multi",
         b"o",
-        b"1",
-        u64::MAX.to_string().as_bytes(),
-        (now + 3_600_000).to_string().as_bytes(),
-    ]));
+        9,
+        ok_token + 3,
+        now + HOUR,
+        "LIMIT",
+        3,
+        None,
+    ));
     tail.extend(apply_line(
         "applied:multi",
         b"owner-m",
         1,
         ok_token + 2,
-        now + 3_600_000,
+        now + HOUR,
     ));
     tail.extend(resp(&[b"EXEC"]));
     let incr = incr_aof(s.dir());
@@ -1090,74 +1901,37 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
 
     s.restart();
     let mut c = RawConn::connect(s.port).unwrap();
-    let info = |c: &mut RawConn, k: &str| -> Option<RawLockInfo> {
-        parse_lock_info(&call(c, Cmd::new("LOCK.INFO").arg(k))).unwrap()
-    };
     let mut failures = hostile_keys_absent(&mut c, &hostile);
     if call(&mut c, Cmd::new("EXISTS").arg("bad:multi")) != Reply::Int(0) {
-        failures.push("the hostile LOCK.APPLY inside MULTI was applied".into());
+        failures.push("a hostile LOCK.APPLY inside MULTI was applied".into());
     }
-    let expect = |failures: &mut Vec<String>,
-                  k: &str,
-                  got: Option<RawLockInfo>,
-                  owner: &[u8],
-                  holds: i64,
-                  token: i64| {
-        match got {
-            Some(i)
-                if i.owner == owner
-                    && i.holds == holds
-                    && i.token == token
-                    && lock_info_violations(&i, MAX_SERVER_TOKEN).is_empty() => {}
-            other => failures.push(format!(
-                "{k}: expected owner {:?} holds {holds} token {token:#x}, got {other:?}",
-                String::from_utf8_lossy(&owner[..owner.len().min(20)])
-            )),
-        }
+    let mut expect = |k: &str, owner: &[u8], holds: i64, token: i64| match info(&mut c, k) {
+        Some(i)
+            if i.exclusive()
+                .map(|h| (h.owner.as_slice(), h.holds, h.token))
+                == Some((owner, holds, token))
+                && lock_info_violations(&i, MAX_SERVER_TOKEN).is_empty() => {}
+        other => failures.push(format!(
+            "{k}: expected owner {:?} holds {holds} token {token:#x}, got {other:?}",
+            String::from_utf8_lossy(&owner[..owner.len().min(20)])
+        )),
     };
-    let g1 = info(&mut c, "good:1");
-    expect(&mut failures, "good:1", g1, b"g1", 1, t1);
-    let g2 = info(&mut c, "good:2");
-    expect(&mut failures, "good:2", g2, b"g2", 2, t2);
-    let ok = info(&mut c, "applied:ok");
-    expect(
-        &mut failures,
-        "applied:ok",
-        ok,
-        b"owner-ok",
-        3,
-        ok_token as i64,
-    );
-    let max = info(&mut c, "applied:max");
-    expect(
-        &mut failures,
-        "applied:max",
-        max,
-        &max_owner,
-        i64::MAX,
-        MAX_TOKEN as i64,
-    );
-    let multi = info(&mut c, "applied:multi");
-    expect(
-        &mut failures,
-        "applied:multi",
-        multi,
-        b"owner-m",
-        1,
-        ok_token as i64 + 2,
-    );
+    expect("good:1", b"g1", 1, t1);
+    expect("good:2", b"g2", 2, t2);
+    expect("applied:ok", b"owner-ok", 3, ok_token as i64);
+    expect("applied:max", &max_owner, i64::MAX, MAX_TOKEN as i64);
+    expect("applied:multi", b"owner-m", 1, ok_token as i64 + 2);
+    expect("applied:top", b"owner-t", 1, (MAX_TOKEN + 1) as i64);
+    failures.extend(family_after(
+        &mut c,
+        &before,
+        family_token,
+        MAX_SERVER_TOKEN,
+        true,
+    ));
     if call(&mut c, Cmd::new("GET").arg("str")) != Reply::Bulk(b"v".to_vec()) {
         failures.push("the string key is lost".into());
     }
-    let top = info(&mut c, "applied:top");
-    expect(
-        &mut failures,
-        "applied:top",
-        top,
-        b"owner-t",
-        1,
-        (MAX_TOKEN + 1) as i64,
-    );
     let fresh = acquire(&mut c, "fresh", b"me", 60_000);
     if fresh <= (MAX_TOKEN + 1) as i64 {
         failures.push(format!(
@@ -1171,6 +1945,13 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = refusals_logged(&s.log());
+    let checked = family.iter().filter(|f| f.2).count();
+    if refused < checked {
+        failures.push(format!(
+            "the log shows {refused} refused LOCK.APPLY, at least {checked} expected"
+        ));
     }
     assert_eq!(call(&mut c, Cmd::new("PING")), Reply::Status("PONG".into()));
     let signs = crash_signs(&s.log());

@@ -37,7 +37,8 @@ pub struct Options {
     /// under valgrind or perf, with the module loaded) instead of starting one
     #[arg(long, value_name = "PORT")]
     pub connect: Option<u16>,
-    /// Length of each timed run (throughput, hand-off, watchdog), in (0, 600]
+    /// Length of each timed run (throughput, hand-off, watchdog, read/write,
+    /// semaphore), in (0, 600]
     #[arg(long, value_name = "S", value_parser = seconds)]
     pub seconds: Option<f64>,
     /// Do not pin redis-server to the first CPU and the load generator to

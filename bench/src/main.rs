@@ -163,6 +163,11 @@ async fn measure(
             Scenario::Expiry => results.expiry = scenarios::expiry::run(&mut ctx).await?,
             Scenario::Scale => results.scale = scenarios::scale::run(&mut ctx).await?,
             Scenario::Watchdog => results.watchdog = scenarios::watchdog::run(&mut ctx).await?,
+            Scenario::RwLock => results.rwlock = scenarios::rwlock::run(&mut ctx).await?,
+            Scenario::Semaphore => {
+                (results.semaphore, results.semaphore_fifo) =
+                    scenarios::semaphore::run(&mut ctx).await?
+            }
         }
         eprintln!(
             "  ({} took {:.1} s)",

@@ -60,6 +60,26 @@ pub struct Plan {
     pub wd_seconds: f64,
     /// Scenario 7: seconds of idle CPU measured before renewals start.
     pub wd_idle_seconds: f64,
+    /// Scenario 8: readers looping on one read/write lock.
+    pub rw_readers: usize,
+    /// Scenario 8: each read hold lasts a random time in this range, ms.
+    pub rw_read_hold_ms: (u64, u64),
+    /// Scenario 8: a writer turn starts every this many ms.
+    pub rw_writer_every_ms: u64,
+    /// Scenario 8: how long the writer holds the lock, ms.
+    pub rw_write_hold_ms: u64,
+    /// Scenario 8: measured seconds per implementation.
+    pub rw_seconds: f64,
+    /// Scenario 9: clients looping on one semaphore.
+    pub sem_clients: usize,
+    /// Scenario 9: its permits.
+    pub sem_permits: usize,
+    /// Scenario 9: how long each permit is held, ms.
+    pub sem_hold_ms: u64,
+    /// Scenario 9: measured seconds per implementation.
+    pub sem_seconds: f64,
+    /// Scenario 9: waiters in the FIFO check.
+    pub sem_fifo_waiters: usize,
 }
 
 impl Plan {
@@ -87,6 +107,16 @@ impl Plan {
             wd_ttl_ms: 30_000,
             wd_seconds: 20.0,
             wd_idle_seconds: 2.0,
+            rw_readers: 4,
+            rw_read_hold_ms: (1, 5),
+            rw_writer_every_ms: 10,
+            rw_write_hold_ms: 1,
+            rw_seconds: 3.0,
+            sem_clients: 16,
+            sem_permits: 4,
+            sem_hold_ms: 1,
+            sem_seconds: 3.0,
+            sem_fifo_waiters: 12,
         };
         let mut p = match mode {
             Mode::Full => full,
@@ -96,7 +126,9 @@ impl Plan {
                 tp_warmup: 0.1,
                 tp_rounds: 1,
                 cpu_keys: 20_000,
-                cpu_rounds: 1,
+                // Three, so both orders of the module with and without
+                // request ids run and their ratio is a median (~2 s).
+                cpu_rounds: 3,
                 ho_seconds: 0.3,
                 fifo_waiters: 8,
                 exp_sizes: vec![1_000, 20_000],
@@ -108,6 +140,9 @@ impl Plan {
                 wd_ttl_ms: 3_000,
                 wd_seconds: 2.0,
                 wd_idle_seconds: 0.5,
+                rw_seconds: 0.5,
+                sem_seconds: 0.5,
+                sem_fifo_waiters: 8,
                 ..full
             },
         };
@@ -115,6 +150,8 @@ impl Plan {
             p.tp_seconds = s;
             p.ho_seconds = s;
             p.wd_seconds = s;
+            p.rw_seconds = s;
+            p.sem_seconds = s;
         }
         p
     }

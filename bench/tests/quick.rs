@@ -79,8 +79,46 @@ fn quick_bench_completes_with_sane_numbers() {
     positive(&json["scale"], "bytes_per_lock");
     positive(&json["scale"], "acquire_latency_us.p50");
     positive(&json["watchdog"], "renewals_per_sec");
+    positive(&json["rwlock"], "reader_grants_per_sec");
+    positive(&json["rwlock"], "writer_grants");
+    positive(&json["rwlock"], "requests_per_grant");
+    positive(&json["semaphore"], "grants_per_sec");
+    positive(&json["semaphore"], "wait_ms.p50");
+    positive(&json["semaphore"], "requests_per_grant");
+    // The module and the Redisson-style baseline have the lock family.
+    assert_eq!(json["rwlock"].as_array().map(Vec::len), Some(2));
+    assert_eq!(json["semaphore"].as_array().map(Vec::len), Some(2));
+    assert_eq!(json["semaphore_fifo"].as_array().map(Vec::len), Some(2));
     assert_eq!(json["fifo"].as_array().map(Vec::len), Some(3));
     assert!(!json["targets"].as_array().expect("targets").is_empty());
+    // Scenario 2 measures the module also with `ID request-id` on acquire
+    // and release, and judges the cost against the module without.
+    let cpu = json["cpu"].as_array().expect("cpu rows");
+    for op in ["acquire", "renew", "release"] {
+        for ids in [false, true] {
+            let rows: Vec<&Value> = cpu
+                .iter()
+                .filter(|r| r["imp"] == "module" && r["request_ids"] == ids && r["op"] == op)
+                .collect();
+            assert_eq!(rows.len(), 1, "module {op}, request_ids {ids}: {cpu:?}");
+            assert_eq!(
+                rows[0]["rounds"].as_array().map(Vec::len),
+                json["plan"]["cpu_rounds"].as_u64().map(|n| n as usize)
+            );
+        }
+    }
+    let id_target = json["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| {
+            t["target"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("ID request-id"))
+        })
+        .expect("the ID request-id target");
+    assert!(id_target["met"].is_boolean(), "{id_target}");
+    assert!(stdout.contains("fencelock + ID"), "{stdout}");
 
     let svg = std::fs::read_to_string(out.path().join("chart.svg")).expect("chart.svg");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -340,9 +340,22 @@ pub fn module_type_id(name: &str, encver: u64) -> u64 {
     (id << 10) | (encver & 1023)
 }
 
-/// The id of the `fencelock` type, encoding version 1.
+/// The first release's encoding version of `fencelock` values (one
+/// exclusive holder: owner, holds, token, deadline). Still loaded.
+pub const ENCVER_V1: u64 = 1;
+/// The current encoding version of `fencelock` values (see
+/// [`LockFields`]).
+pub const ENCVER: u64 = 2;
+
+/// The id of the `fencelock` type, encoding version 1 (the first
+/// release's; what [`ModuleValue::lock`] writes).
 pub fn fencelock_type_id() -> u64 {
-    module_type_id("fencelock", 1)
+    module_type_id("fencelock", ENCVER_V1)
+}
+
+/// The id of the `fencelock` type with encoding version `encver`.
+pub fn fencelock_type_id_v(encver: u64) -> u64 {
+    module_type_id("fencelock", encver)
 }
 
 /// A `RESTORE` payload: `body` (type byte and value), the RDB version and
@@ -574,7 +587,8 @@ pub struct ModuleValue {
 }
 
 impl ModuleValue {
-    /// A `fencelock` value with these fields, canonically encoded.
+    /// A `fencelock` value of encoding version 1 (the first release's:
+    /// one exclusive holder) with these fields, canonically encoded.
     pub fn lock(owner: &[u8], holds: u64, token: u64, deadline_ms: u64) -> ModuleValue {
         ModuleValue {
             type_byte: TYPE_MODULE_2,
@@ -588,6 +602,26 @@ impl ModuleValue {
             eof: vec![0],
             tail: Vec::new(),
         }
+    }
+
+    /// A `fencelock` value of the current encoding (version 2),
+    /// canonically encoded.
+    pub fn lock_v2(lock: &LockFields) -> ModuleValue {
+        ModuleValue {
+            type_byte: TYPE_MODULE_2,
+            module_id: rdb_len(fencelock_type_id_v(ENCVER)),
+            fields: lock.raw_fields(),
+            eof: vec![0],
+            tail: Vec::new(),
+        }
+    }
+
+    /// The encoding version named by the module id (None when the id does
+    /// not parse).
+    pub fn encver(&self) -> Option<u64> {
+        RdbReader::new(&self.module_id)
+            .read_len()
+            .map(|id| id & 1023)
     }
 
     /// Parses a module value starting at the module id (`data[pos..]`);
@@ -671,20 +705,163 @@ impl ModuleValue {
     }
 }
 
-/// The fields of a lock as the module reads them.
+/// The fields of one holder in an encoding-2 value, in their order.
+pub const H_OWNER: usize = 0;
+pub const H_EXCLUSIVE: usize = 1;
+pub const H_SHARED: usize = 2;
+pub const H_TOKEN: usize = 3;
+pub const H_DEADLINE: usize = 4;
+pub const H_ID: usize = 5;
+pub const H_REPLY: usize = 6;
+/// Fields per holder in an encoding-2 value.
+pub const HOLDER_FIELDS: usize = 7;
+/// Fields before the first holder: the limit and the holder count.
+pub const V2_HEADER_FIELDS: usize = 2;
+
+/// The index among a version-2 value's fields of member `m` (`H_*`) of
+/// holder `h`.
+pub fn holder_field(h: usize, m: usize) -> usize {
+    V2_HEADER_FIELDS + h * HOLDER_FIELDS + m
+}
+
+/// The largest semaphore, and the most holders a value may have.
+pub const MAX_PERMITS: u64 = 1_000_000;
+/// The largest hold count, permit count and remembered reply: 2^63-1.
+pub const MAX_HOLDS: u64 = i64::MAX as u64;
+/// The longest remembered request id (`ID request-id`), in bytes.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// One holder as a version-2 value carries it (a version-1 value is one
+/// exclusive holder: `shared` 0, no remembered request).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LockFields {
+pub struct HolderFields {
     pub owner: Vec<u8>,
-    pub holds: u64,
+    /// Exclusive holds (read/write lock only).
+    pub exclusive: u64,
+    /// Shared holds, or permits of a semaphore.
+    pub shared: u64,
     pub token: u64,
     pub deadline_ms: u64,
+    /// The owner's last request id (empty: none) and its reply (0: none).
+    pub id: Vec<u8>,
+    pub reply: u64,
+}
+
+impl HolderFields {
+    /// A holder with no remembered request.
+    pub fn new(owner: &[u8], exclusive: u64, shared: u64, token: u64, deadline_ms: u64) -> Self {
+        HolderFields {
+            owner: owner.to_vec(),
+            exclusive,
+            shared,
+            token,
+            deadline_ms,
+            id: Vec::new(),
+            reply: 0,
+        }
+    }
+
+    /// What `LOCK.INFO` shows as its `holds` (or `permits`): all it holds,
+    /// capped at 2^63-1.
+    pub fn shown_holds(&self) -> i64 {
+        self.exclusive.saturating_add(self.shared).min(MAX_HOLDS) as i64
+    }
+}
+
+/// A lock value as the module reads it: the limit (0: a read/write lock,
+/// else a semaphore of that many permits) and its holders, oldest grant
+/// first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockFields {
+    pub limit: u64,
+    pub holders: Vec<HolderFields>,
+}
+
+impl LockFields {
+    /// One exclusive holder (what a version-1 value holds).
+    pub fn exclusive(owner: &[u8], holds: u64, token: u64, deadline_ms: u64) -> LockFields {
+        LockFields {
+            limit: 0,
+            holders: vec![HolderFields::new(owner, holds, 0, token, deadline_ms)],
+        }
+    }
+
+    /// The fields of its version-2 encoding (canonical encodings, the
+    /// holder count the number of holders).
+    pub fn raw_fields(&self) -> Vec<RawField> {
+        let mut f = vec![
+            RawField::uint(self.limit),
+            RawField::uint(self.holders.len() as u64),
+        ];
+        for h in &self.holders {
+            f.push(RawField::string(&h.owner));
+            for v in [h.exclusive, h.shared, h.token, h.deadline_ms] {
+                f.push(RawField::uint(v));
+            }
+            f.push(RawField::string(&h.id));
+            f.push(RawField::uint(h.reply));
+        }
+        f
+    }
+
+    /// Reads the fields of a well-formed version-2 value (opcodes as
+    /// written, the holder count matching): None otherwise.
+    pub fn from_value(v: &ModuleValue) -> Option<LockFields> {
+        let uint = |f: &RawField| {
+            (f.opcode == OP_UINT)
+                .then(|| RdbReader::new(&f.value).read_len())
+                .flatten()
+        };
+        let string = |f: &RawField| {
+            (f.opcode == OP_STRING)
+                .then(|| RdbReader::new(&f.value).string())
+                .flatten()
+        };
+        let (head, rest) = v.fields.split_at_checked(V2_HEADER_FIELDS)?;
+        let limit = uint(&head[0])?;
+        let n = uint(&head[1])?;
+        if rest.len() as u64 != n.checked_mul(HOLDER_FIELDS as u64)? {
+            return None;
+        }
+        let holders = rest
+            .chunks(HOLDER_FIELDS)
+            .map(|h| {
+                Some(HolderFields {
+                    owner: string(&h[H_OWNER])?,
+                    exclusive: uint(&h[H_EXCLUSIVE])?,
+                    shared: uint(&h[H_SHARED])?,
+                    token: uint(&h[H_TOKEN])?,
+                    deadline_ms: uint(&h[H_DEADLINE])?,
+                    id: string(&h[H_ID])?,
+                    reply: uint(&h[H_REPLY])?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(LockFields { limit, holders })
+    }
+
+    /// `LOCK.INFO`'s `mode` for this value.
+    pub fn mode(&self) -> InfoMode {
+        if self.limit > 0 {
+            InfoMode::Semaphore
+        } else if self.holders.first().is_some_and(|h| h.exclusive > 0) {
+            InfoMode::Exclusive
+        } else {
+            InfoMode::Shared
+        }
+    }
+
+    /// The highest token it holds.
+    pub fn max_token(&self) -> u64 {
+        self.holders.iter().map(|h| h.token).max().unwrap_or(0)
+    }
 }
 
 /// What the rules say `RESTORE` must do with a payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// A valid lock: it must be stored (and, with a deadline already past,
-    /// expired at once).
+    /// A valid lock: it must be stored (holders whose deadline has passed
+    /// are expired at once).
     Accept(LockFields),
     /// It must be refused with an error reply, storing nothing.
     Refuse(String),
@@ -694,9 +871,9 @@ pub enum Verdict {
 }
 
 /// How Redis 7.0 reads a `RESTORE` payload (version, CRC, type byte,
-/// module id, the module's four reads, the EOF mark), then the module
-/// rules: the reference the fuzzer compares the server with. `now_ms` is
-/// the time the payload is sent.
+/// module id, the module's reads of encoding 1 or 2, the EOF mark), then
+/// the module rules: the reference the fuzzer compares the server with.
+/// `now_ms` is the time the payload is sent.
 pub fn restore_verdict(p: &[u8], now_ms: u64) -> Verdict {
     let Some((_, rdbver)) = split_payload(p) else {
         return Verdict::Refuse("shorter than the 10-byte trailer".into());
@@ -713,7 +890,7 @@ pub fn restore_verdict(p: &[u8], now_ms: u64) -> Verdict {
     let Some(t) = r.byte() else {
         return Verdict::Refuse("empty".into());
     };
-    let v2 = match t {
+    let framed = match t {
         TYPE_MODULE_2 => true,
         TYPE_MODULE_1 => false,
         0..=5 | 9..=19 => return Verdict::Either(format!("Redis object type {t}")),
@@ -725,74 +902,257 @@ pub fn restore_verdict(p: &[u8], now_ms: u64) -> Verdict {
     if id >> 10 != fencelock_type_id() >> 10 {
         return Verdict::Refuse("another module type".into());
     }
-    if id & 1023 != 1 {
-        return Verdict::Refuse(format!("encoding version {}", id & 1023));
+    let encver = id & 1023;
+    if encver != ENCVER_V1 && encver != ENCVER {
+        return Verdict::Refuse(format!("encoding version {encver}"));
     }
-    let read = |r: &mut RdbReader| -> Option<LockFields> {
-        if v2 && r.read_len_checked()? != OP_STRING {
+    // Each read checks its opcode first when the value is framed (type 7).
+    fn uint(r: &mut RdbReader, framed: bool) -> Option<u64> {
+        if framed && r.read_len_checked()? != OP_UINT {
             return None;
         }
-        let owner = r.string()?;
-        let mut num = || -> Option<u64> {
-            if v2 && r.read_len_checked()? != OP_UINT {
-                return None;
+        r.read_len()
+    }
+    fn string(r: &mut RdbReader, framed: bool) -> Option<Vec<u8>> {
+        if framed && r.read_len_checked()? != OP_STRING {
+            return None;
+        }
+        r.string()
+    }
+    let read = |r: &mut RdbReader| -> Result<LockFields, String> {
+        let malformed = || "malformed fields".to_string();
+        let lock = if encver == ENCVER_V1 {
+            let owner = string(r, framed).ok_or_else(malformed)?;
+            let holds = uint(r, framed).ok_or_else(malformed)?;
+            let token = uint(r, framed).ok_or_else(malformed)?;
+            let deadline = uint(r, framed).ok_or_else(malformed)?;
+            LockFields::exclusive(&owner, holds, token, deadline)
+        } else {
+            let limit = uint(r, framed).ok_or_else(malformed)?;
+            if limit > u64::from(u32::MAX) {
+                return Err(format!("limit {limit}"));
             }
-            r.read_len()
+            let n = uint(r, framed).ok_or_else(malformed)?;
+            if n == 0 || n > MAX_PERMITS {
+                return Err(format!("{n} holders"));
+            }
+            let mut holders = Vec::new();
+            for _ in 0..n {
+                let owner = string(r, framed).ok_or_else(malformed)?;
+                let mut nums = [0u64; 4];
+                for x in &mut nums {
+                    *x = uint(r, framed).ok_or_else(malformed)?;
+                }
+                let id = string(r, framed).ok_or_else(malformed)?;
+                let reply = uint(r, framed).ok_or_else(malformed)?;
+                holders.push(HolderFields {
+                    owner,
+                    exclusive: nums[0],
+                    shared: nums[1],
+                    token: nums[2],
+                    deadline_ms: nums[3],
+                    id,
+                    reply,
+                });
+            }
+            LockFields { limit, holders }
         };
-        let holds = num()?;
-        let token = num()?;
-        let deadline_ms = num()?;
-        if v2 && r.read_len_checked()? != OP_EOF {
-            return None;
+        if framed && r.read_len_checked() != Some(OP_EOF) {
+            return Err("no EOF mark after the fields".into());
         }
-        Some(LockFields {
-            owner,
-            holds,
-            token,
-            deadline_ms,
-        })
+        Ok(lock)
     };
-    let Some(f) = read(&mut r) else {
-        return Verdict::Refuse("malformed fields".into());
-    };
-    lock_rules(f, now_ms)
+    match read(&mut r) {
+        Ok(f) => lock_rules(f, now_ms, MAX_TOKEN),
+        Err(why) => Verdict::Refuse(why),
+    }
 }
 
-/// The module's field rules: owner 1..=1024 bytes, holds 1..=i64::MAX,
-/// token 1..=MAX_TOKEN, deadline 1..=now + 31 days (within 10 minutes of
-/// that limit either answer is accepted).
-pub fn lock_rules(f: LockFields, now_ms: u64) -> Verdict {
-    if f.owner.is_empty() || f.owner.len() > MAX_OWNER {
-        return Verdict::Refuse(format!("owner of {} bytes", f.owner.len()));
-    }
-    if f.holds == 0 || f.holds > i64::MAX as u64 {
-        return Verdict::Refuse(format!("holds {}", f.holds));
-    }
-    if f.token == 0 || f.token > MAX_TOKEN {
-        return Verdict::Refuse(format!("token {:#x}", f.token));
-    }
-    let limit = now_ms + MAX_DEADLINE_AHEAD_MS;
+/// The rules a loaded value must obey (docs/INTERFACE.md): per holder
+/// owner 1..=1024 bytes, exclusive and shared holds each 0..=2^63-1 and
+/// not both 0, token 1..=`max_token`, deadline 1..=now + 31 days (within
+/// 10 minutes of that limit either answer is accepted), a remembered
+/// request id 1..=64 bytes with a reply up to 2^63-1 (none: empty id and
+/// reply 0); 1..=1000000 holders with distinct owners and tokens; a
+/// read/write lock (limit 0) has an exclusive holder only alone; a
+/// semaphore (limit 1..=1000000) has no exclusive holds, at least one permit
+/// per holder and at most `limit` in all.
+pub fn lock_rules(f: LockFields, now_ms: u64, max_token: u64) -> Verdict {
+    let limit_ms = now_ms + MAX_DEADLINE_AHEAD_MS;
     let margin = 10 * 60_000;
-    if f.deadline_ms == 0 || f.deadline_ms > limit + margin {
-        return Verdict::Refuse(format!("deadline {}", f.deadline_ms));
+    let mut maybe = None;
+    if f.limit > MAX_PERMITS {
+        return Verdict::Refuse(format!("limit {}", f.limit));
     }
-    if f.deadline_ms + margin > limit {
-        return Verdict::Either("deadline at the 31-day limit".into());
+    let n = f.holders.len();
+    if n == 0 || n as u64 > MAX_PERMITS {
+        return Verdict::Refuse(format!("{n} holders"));
     }
-    Verdict::Accept(f)
+    for (i, h) in f.holders.iter().enumerate() {
+        let refuse = |why: String| Verdict::Refuse(format!("holder {i}: {why}"));
+        if h.owner.is_empty() || h.owner.len() > MAX_OWNER {
+            return refuse(format!("owner of {} bytes", h.owner.len()));
+        }
+        if h.exclusive > MAX_HOLDS || h.shared > MAX_HOLDS || h.exclusive == 0 && h.shared == 0 {
+            return refuse(format!("holds {} + {}", h.exclusive, h.shared));
+        }
+        if h.token == 0 || h.token > max_token {
+            return refuse(format!("token {:#x}", h.token));
+        }
+        if h.deadline_ms == 0 || h.deadline_ms > limit_ms + margin {
+            return refuse(format!("deadline {}", h.deadline_ms));
+        }
+        if h.deadline_ms + margin > limit_ms {
+            maybe = Some("a deadline at the 31-day limit");
+        }
+        if h.id.is_empty() && h.reply != 0 {
+            return refuse(format!(
+                "a remembered reply {} without a request id",
+                h.reply
+            ));
+        }
+        if h.id.len() > MAX_REQUEST_ID || h.reply > MAX_HOLDS {
+            return refuse(format!(
+                "remembered request id of {} bytes, reply {}",
+                h.id.len(),
+                h.reply
+            ));
+        }
+    }
+    if f.limit > 0 {
+        if f.holders.iter().any(|h| h.exclusive > 0 || h.shared == 0) {
+            return Verdict::Refuse("a semaphore holder with exclusive holds or no permit".into());
+        }
+        let used: u128 = f.holders.iter().map(|h| u128::from(h.shared)).sum();
+        if used > u128::from(f.limit) {
+            return Verdict::Refuse(format!("{used} permits of {}", f.limit));
+        }
+    } else if n > 1 && f.holders.iter().any(|h| h.exclusive > 0) {
+        return Verdict::Refuse("an exclusive holder beside others".into());
+    }
+    let mut owners: Vec<&[u8]> = f.holders.iter().map(|h| h.owner.as_slice()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    let mut tokens: Vec<u64> = f.holders.iter().map(|h| h.token).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    if owners.len() != n || tokens.len() != n {
+        return Verdict::Refuse("two holders with one owner or one token".into());
+    }
+    match maybe {
+        Some(why) => Verdict::Either(why.into()),
+        None => Verdict::Accept(f),
+    }
 }
 
-/// Finds the value of the lock whose owner is `owner` in an RDB file:
-/// the span from its module id to after its EOF mark. `owner` must be
-/// stored as a plain string (at most 20 bytes and not a decimal integer:
-/// then Redis neither compresses nor integer-encodes it).
+/// Whether `info` (a `LOCK.INFO` reply parsed by [`parse_lock_info`]) shows
+/// what `f` holds, as a server whose clock read between `t_before` and
+/// `t_after` must show it: holders whose deadline has passed are never
+/// shown (those within that window may or may not be), the others in
+/// order with their holds (or permits), token and a ttl that fits the
+/// deadline (1 s of slack either side); the kind, the limit and what is
+/// available; no waiters.
+pub fn info_matches(
+    info: Option<&RawLockInfo>,
+    f: &LockFields,
+    t_before: u64,
+    t_after: u64,
+) -> Result<(), String> {
+    let sure = |h: &HolderFields| h.deadline_ms > t_after;
+    let hidden = |h: &HolderFields| h.deadline_ms <= t_before;
+    let Some(i) = info else {
+        return match f.holders.iter().find(|h| sure(h)) {
+            Some(h) => Err(format!(
+                "not shown, but holder {} has {} ms left",
+                hex(&h.owner, 20),
+                h.deadline_ms - t_after
+            )),
+            None => Ok(()),
+        };
+    };
+    if i.mode != f.mode() {
+        return Err(format!("mode {:?}, the value is {:?}", i.mode, f.mode()));
+    }
+    if i.waiters != 0 {
+        return Err(format!("{} waiters", i.waiters));
+    }
+    let mut next = 0;
+    for shown in &i.holders {
+        loop {
+            let Some(h) = f.holders.get(next) else {
+                return Err(format!(
+                    "shows holder {} that the value does not hold there (or in that order)",
+                    hex(&shown.owner, 20)
+                ));
+            };
+            next += 1;
+            if h.owner == shown.owner && !hidden(h) {
+                if (shown.holds, shown.token) != (h.shown_holds(), h.token as i64) {
+                    return Err(format!(
+                        "holder {}: holds {} token {:#x}, the value says {} and {:#x}",
+                        hex(&h.owner, 20),
+                        shown.holds,
+                        shown.token,
+                        h.shown_holds(),
+                        h.token
+                    ));
+                }
+                let hi = h.deadline_ms as i64 - t_before as i64 + 1000;
+                let lo = h.deadline_ms as i64 - t_after as i64 - 1000;
+                if shown.ttl > hi || shown.ttl < lo {
+                    return Err(format!(
+                        "holder {}: ttl {} outside [{lo}, {hi}] for its deadline",
+                        hex(&h.owner, 20),
+                        shown.ttl
+                    ));
+                }
+                break;
+            }
+            if sure(h) {
+                return Err(format!(
+                    "holder {} ({} ms left) is not shown",
+                    hex(&h.owner, 20),
+                    h.deadline_ms - t_after
+                ));
+            }
+        }
+    }
+    if let Some(h) = f.holders[next..].iter().find(|h| sure(h)) {
+        return Err(format!("holder {} is not shown", hex(&h.owner, 20)));
+    }
+    if f.limit > 0 {
+        let used: i64 = i.holders.iter().map(|h| h.holds).sum();
+        if i.limit != Some(f.limit as i64) || i.available != Some(f.limit as i64 - used) {
+            return Err(format!(
+                "limit {:?} available {:?}, the value has limit {} and {used} permits shown",
+                i.limit, i.available, f.limit
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Finds the value of a lock held by `owner` (any of its holders, in
+/// either encoding) in an RDB file: the span from its module id to after
+/// its EOF mark. `owner` must be stored as a plain string (at most 20 bytes
+/// and not a decimal integer: then Redis neither compresses nor
+/// integer-encodes it).
 pub fn find_lock_value(rdb: &[u8], owner: &[u8]) -> Option<(usize, usize)> {
-    let mut pat = rdb_len(fencelock_type_id());
-    pat.extend(rdb_len(OP_STRING));
-    pat.extend(rdb_str(owner));
-    let start = find(rdb, &pat)?;
-    let (_, end) = ModuleValue::parse_value_at(rdb, start)?;
-    Some((start, end))
+    let owner_field = RawField::string(owner);
+    for encver in [ENCVER, ENCVER_V1] {
+        let id = rdb_len(fencelock_type_id_v(encver));
+        let mut from = 0;
+        while let Some(at) = find(&rdb[from..], &id).map(|p| from + p) {
+            from = at + 1;
+            let Some((v, end)) = ModuleValue::parse_value_at(rdb, at) else {
+                continue;
+            };
+            if v.fields.contains(&owner_field) {
+                return Some((at, end));
+            }
+        }
+    }
+    None
 }
 
 /// The first position of `needle` in `hay`.
@@ -1057,63 +1417,270 @@ pub fn info_value(info: &Reply, field: &str) -> Option<i64> {
     crate::info_field(&info.as_text(), field).and_then(|v| v.parse().ok())
 }
 
-/// `LOCK.INFO` under RESP2 as (owner, holds, ttl, token, waiters).
+/// `LOCK.INFO`'s `mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InfoMode {
+    Exclusive,
+    Shared,
+    Semaphore,
+}
+
+/// One holder shown by `LOCK.INFO`: `holds` is its `holds` (all it holds)
+/// or, in a semaphore, its `permits`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawLockInfo {
+pub struct RawHolderInfo {
     pub owner: Vec<u8>,
     pub holds: i64,
     pub ttl: i64,
     pub token: i64,
+}
+
+/// (owner, holds or permits, token) of each holder of a lock, in order.
+pub type HolderSummary = Vec<(Vec<u8>, i64, i64)>;
+
+/// `LOCK.INFO` under RESP2, any of its three shapes: an exclusive lock
+/// (its one holder in `holders`), a shared one, a semaphore (`limit`,
+/// `available`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawLockInfo {
+    pub mode: InfoMode,
+    pub limit: Option<i64>,
+    pub available: Option<i64>,
     pub waiters: i64,
+    pub holders: Vec<RawHolderInfo>,
+}
+
+impl RawLockInfo {
+    /// The holder shown for `owner`.
+    pub fn holder(&self, owner: &[u8]) -> Option<&RawHolderInfo> {
+        self.holders.iter().find(|h| h.owner == owner)
+    }
+
+    /// The exclusive holder (None for the other kinds).
+    pub fn exclusive(&self) -> Option<&RawHolderInfo> {
+        match self.mode {
+            InfoMode::Exclusive => self.holders.first(),
+            _ => None,
+        }
+    }
+
+    /// (owner, holds or permits, token) of every holder, in order: what
+    /// stays the same while nobody acquires or releases.
+    pub fn summary(&self) -> HolderSummary {
+        self.holders
+            .iter()
+            .map(|h| (h.owner.clone(), h.holds, h.token))
+            .collect()
+    }
+}
+
+/// A RESP2 flat array of (field, value) pairs with exactly the field
+/// names `names` (in any order): the values by name.
+fn info_map<'a>(
+    items: &'a [Reply],
+    names: &[&str],
+    what: &str,
+) -> Result<std::collections::BTreeMap<String, &'a Reply>, String> {
+    if !items.len().is_multiple_of(2) {
+        return Err(format!("{what}: an odd number of items"));
+    }
+    let map: std::collections::BTreeMap<String, &Reply> =
+        items.chunks(2).map(|p| (p[0].as_text(), &p[1])).collect();
+    let mut want: Vec<&str> = names.to_vec();
+    want.sort_unstable();
+    let got: Vec<&str> = map.keys().map(String::as_str).collect();
+    if got != want || map.len() * 2 != items.len() {
+        let order: Vec<String> = items.iter().step_by(2).map(Reply::as_text).collect();
+        return Err(format!("{what}: fields {order:?}, expected {names:?}"));
+    }
+    Ok(map)
+}
+
+fn info_int(map: &std::collections::BTreeMap<String, &Reply>, name: &str) -> Result<i64, String> {
+    map[name]
+        .as_int()
+        .ok_or_else(|| format!("LOCK.INFO field {name} is not an integer: {:?}", map[name]))
+}
+
+fn info_owner(map: &std::collections::BTreeMap<String, &Reply>) -> Result<Vec<u8>, String> {
+    match map["owner"] {
+        Reply::Bulk(b) => Ok(b.clone()),
+        other => Err(format!("LOCK.INFO owner is not a bulk string: {other:?}")),
+    }
 }
 
 /// Decodes a `LOCK.INFO` reply: Ok(None) for nil, Err for anything but
-/// the documented flat array.
+/// one of the documented shapes (docs/INTERFACE.md, "LOCK.INFO shapes").
 pub fn parse_lock_info(r: &Reply) -> Result<Option<RawLockInfo>, String> {
     let items = match r {
         Reply::Nil => return Ok(None),
-        Reply::Array(items) if items.len() == 10 => items,
+        Reply::Array(items) => items,
         other => return Err(format!("unexpected LOCK.INFO reply {other:?}")),
     };
-    let names: Vec<String> = items.iter().step_by(2).map(Reply::as_text).collect();
-    if names != ["owner", "holds", "ttl", "token", "waiters"] {
-        return Err(format!("unexpected LOCK.INFO fields {names:?}"));
+    let mode = items
+        .chunks(2)
+        .find(|p| p[0].as_text() == "mode")
+        .and_then(|p| p.get(1))
+        .map(Reply::as_text)
+        .unwrap_or_default();
+    match mode.as_str() {
+        "exclusive" => {
+            let m = info_map(
+                items,
+                &["owner", "holds", "ttl", "token", "waiters", "mode"],
+                "exclusive LOCK.INFO",
+            )?;
+            Ok(Some(RawLockInfo {
+                mode: InfoMode::Exclusive,
+                limit: None,
+                available: None,
+                waiters: info_int(&m, "waiters")?,
+                holders: vec![RawHolderInfo {
+                    owner: info_owner(&m)?,
+                    holds: info_int(&m, "holds")?,
+                    ttl: info_int(&m, "ttl")?,
+                    token: info_int(&m, "token")?,
+                }],
+            }))
+        }
+        "shared" | "semaphore" => {
+            let semaphore = mode == "semaphore";
+            let (names, count): (&[&str], &str) = if semaphore {
+                (
+                    &["mode", "limit", "available", "waiters", "holders"],
+                    "permits",
+                )
+            } else {
+                (&["mode", "waiters", "holders"], "holds")
+            };
+            let m = info_map(items, names, &format!("{mode} LOCK.INFO"))?;
+            let Reply::Array(list) = m["holders"] else {
+                return Err(format!(
+                    "LOCK.INFO holders is not an array: {:?}",
+                    m["holders"]
+                ));
+            };
+            let mut holders = Vec::new();
+            for h in list {
+                let Reply::Array(fields) = h else {
+                    return Err(format!("a LOCK.INFO holder is not an array: {h:?}"));
+                };
+                let hm = info_map(fields, &["owner", count, "ttl", "token"], "a holder")?;
+                holders.push(RawHolderInfo {
+                    owner: info_owner(&hm)?,
+                    holds: info_int(&hm, count)?,
+                    ttl: info_int(&hm, "ttl")?,
+                    token: info_int(&hm, "token")?,
+                });
+            }
+            Ok(Some(RawLockInfo {
+                mode: if semaphore {
+                    InfoMode::Semaphore
+                } else {
+                    InfoMode::Shared
+                },
+                limit: if semaphore {
+                    Some(info_int(&m, "limit")?)
+                } else {
+                    None
+                },
+                available: if semaphore {
+                    Some(info_int(&m, "available")?)
+                } else {
+                    None
+                },
+                waiters: info_int(&m, "waiters")?,
+                holders,
+            }))
+        }
+        other => Err(format!("LOCK.INFO mode {other:?}: {r:?}")),
     }
-    let int = |i: usize| {
-        items[i]
-            .as_int()
-            .ok_or_else(|| format!("LOCK.INFO field {} is not an integer", names[i / 2]))
-    };
-    Ok(Some(RawLockInfo {
-        owner: items[1]
-            .as_bytes()
-            .ok_or("LOCK.INFO owner is not a string")?
-            .to_vec(),
-        holds: int(3)?,
-        ttl: int(5)?,
-        token: int(7)?,
-        waiters: int(9)?,
-    }))
 }
 
-/// Checks a lock shown by `LOCK.INFO` against the rules: owner 1..=1024
-/// bytes, holds >= 1, ttl within 31 days, token 1..=`max_token`
-/// ([`MAX_TOKEN`] for a restored lock, [`MAX_SERVER_TOKEN`] otherwise).
+/// Checks a lock shown by `LOCK.INFO` against the rules: per holder owner
+/// 1..=1024 bytes, holds (permits) >= 1, ttl 1 ms ..= 31 days (a passed
+/// lease is never shown), token 1..=`max_token` ([`MAX_TOKEN`] for a
+/// restored lock, [`MAX_SERVER_TOKEN`] otherwise); distinct owners and
+/// tokens; an exclusive lock shows one holder, the other kinds at least
+/// one; a semaphore's limit is 1..=1000000, its permits at most the limit
+/// and `available` the rest; waiters >= 0.
 pub fn lock_info_violations(i: &RawLockInfo, max_token: u64) -> Vec<String> {
     let mut v = Vec::new();
-    if i.owner.is_empty() || i.owner.len() > MAX_OWNER {
-        v.push(format!("owner of {} bytes", i.owner.len()));
+    for h in &i.holders {
+        let who = hex(&h.owner, 16);
+        if h.owner.is_empty() || h.owner.len() > MAX_OWNER {
+            v.push(format!("owner of {} bytes", h.owner.len()));
+        }
+        if h.holds < 1 {
+            v.push(format!("{who}: holds {}", h.holds));
+        }
+        if h.ttl < 1 || h.ttl as u64 > MAX_DEADLINE_AHEAD_MS {
+            v.push(format!("{who}: ttl {} ms", h.ttl));
+        }
+        if h.token < 1 || h.token as u64 > max_token {
+            v.push(format!("{who}: token {:#x}", h.token));
+        }
     }
-    if i.holds < 1 {
-        v.push(format!("holds {}", i.holds));
+    let n = i.holders.len();
+    let mut owners: Vec<&[u8]> = i.holders.iter().map(|h| h.owner.as_slice()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    let mut tokens: Vec<i64> = i.holders.iter().map(|h| h.token).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    if owners.len() != n || tokens.len() != n {
+        v.push("two holders with one owner or one token".into());
     }
-    if i.ttl < 0 || i.ttl as u64 > MAX_DEADLINE_AHEAD_MS {
-        v.push(format!("ttl {} ms", i.ttl));
+    match i.mode {
+        InfoMode::Exclusive if n != 1 => v.push(format!("an exclusive lock with {n} holders")),
+        InfoMode::Shared | InfoMode::Semaphore if n == 0 => v.push("no holders shown".into()),
+        _ => {}
     }
-    if i.token < 1 || i.token as u64 > max_token {
-        v.push(format!("token {:#x}", i.token));
+    if i.mode == InfoMode::Semaphore {
+        let used: i64 = i.holders.iter().map(|h| h.holds.max(0)).sum();
+        match (i.limit, i.available) {
+            (Some(l), Some(a)) if (1..=MAX_PERMITS as i64).contains(&l) && used <= l => {
+                if a != l - used {
+                    v.push(format!("available {a} of {l} with {used} permits held"));
+                }
+            }
+            (l, a) => v.push(format!("limit {l:?} available {a:?}, {used} permits held")),
+        }
+    }
+    if i.waiters < 0 {
+        v.push(format!("waiters {}", i.waiters));
     }
     v
+}
+
+// ------------------------------------------------ documented error replies
+
+/// A shared-only holder asking for the exclusive lock.
+pub const ERR_UPGRADE: &str = "ERR the owner holds this lock shared: upgrading to exclusive would deadlock when two readers try; release the shared holds first";
+/// A `LIMIT` request on a read/write lock.
+pub const ERR_NOT_SEMAPHORE: &str =
+    "WRONGTYPE the key holds a read/write lock, not a semaphore: acquire it without LIMIT";
+/// `LOCK.ACQUIRE` options that do not go together, repeated or unknown.
+pub const ERR_ACQUIRE_SYNTAX: &str = "ERR syntax error: options are SHARED, LIMIT permits [COUNT n], WAIT timeout-ms and ID request-id, each once, SHARED and LIMIT not together";
+/// `LIMIT` out of 1 ..= 1000000 or not an integer.
+pub const ERR_LIMIT: &str = "ERR LIMIT permits must be an integer from 1 to 1000000";
+/// `COUNT` out of 1 ..= the LIMIT or not an integer.
+pub const ERR_COUNT: &str = "ERR COUNT n must be an integer from 1 to the LIMIT";
+/// `ID` with an empty or longer than 64-byte request id.
+pub const ERR_ID: &str = "ERR ID request-id must be 1 to 64 bytes long";
+/// The start of every refused `LOCK.APPLY` from the stream or the AOF.
+pub const ERR_APPLY_REFUSED: &str = "ERR LOCK.APPLY refused";
+
+/// Any request but `LIMIT <permits>` on a semaphore of `permits`.
+pub fn err_semaphore(permits: u64) -> String {
+    format!(
+        "WRONGTYPE the key holds a semaphore of {permits} permits: acquire it with LIMIT {permits}"
+    )
+}
+
+/// `RELEASE ... COUNT n` with `n` above the `held` holds or permits.
+pub fn err_release_count(held: u64) -> String {
+    format!("ERR COUNT is more than the owner holds ({held}); nothing changed")
 }
 
 // ------------------------------------------------- a server run to its end
@@ -1442,22 +2009,160 @@ mod tests {
     }
 
     #[test]
-    fn lock_value_round_trips_through_the_verdict() {
+    fn a_version_1_value_round_trips_through_the_verdict() {
         let now = now_ms();
         let v = ModuleValue::lock(b"me", 2, 77, now + 1000);
         let p = v.payload();
         assert_eq!(ModuleValue::parse_payload(&p), Some(v));
         assert_eq!(
             restore_verdict(&p, now),
-            Verdict::Accept(LockFields {
-                owner: b"me".to_vec(),
-                holds: 2,
-                token: 77,
-                deadline_ms: now + 1000
-            })
+            Verdict::Accept(LockFields::exclusive(b"me", 2, 77, now + 1000))
         );
         let bad = ModuleValue::lock(b"me", 2, MAX_TOKEN + 1, now + 1000).payload();
         assert!(matches!(restore_verdict(&bad, now), Verdict::Refuse(_)));
+    }
+
+    #[test]
+    fn version_2_values_round_trip_and_break_their_rules() {
+        let now = now_ms();
+        let d = now + 60_000;
+        let mut memo = HolderFields::new(b"w", 1, 2, 9, d);
+        memo.id = b"req-1".to_vec();
+        memo.reply = 9;
+        let sem = LockFields {
+            limit: 5,
+            holders: vec![
+                HolderFields::new(b"p1", 0, 2, 10, d),
+                HolderFields::new(b"p2", 0, 3, 11, d),
+            ],
+        };
+        for f in [
+            LockFields {
+                limit: 0,
+                holders: vec![memo],
+            },
+            LockFields {
+                limit: 0,
+                holders: vec![
+                    HolderFields::new(b"r1", 0, 1, 10, d),
+                    HolderFields::new(b"r2", 0, 4, 12, d),
+                ],
+            },
+            sem.clone(),
+        ] {
+            let v = ModuleValue::lock_v2(&f);
+            assert_eq!(LockFields::from_value(&v).as_ref(), Some(&f));
+            let p = v.payload();
+            assert_eq!(ModuleValue::parse_payload(&p), Some(v));
+            assert_eq!(restore_verdict(&p, now), Verdict::Accept(f));
+        }
+        let broken = |edit: &dyn Fn(&mut LockFields)| {
+            let mut f = sem.clone();
+            edit(&mut f);
+            restore_verdict(&ModuleValue::lock_v2(&f).payload(), now)
+        };
+        let edits: [&dyn Fn(&mut LockFields); 8] = [
+            &|f| f.holders[1].shared = 4,
+            &|f| f.holders[1].owner = b"p1".to_vec(),
+            &|f| f.holders[1].token = 10,
+            &|f| f.holders[0].exclusive = 1,
+            &|f| f.limit = MAX_PERMITS + 1,
+            &|f| f.holders[0].reply = 3,
+            &|f| f.holders[0].id = vec![b'i'; 65],
+            &|f| f.holders.clear(),
+        ];
+        for edit in edits {
+            assert!(matches!(broken(edit), Verdict::Refuse(_)));
+        }
+        // A declared holder count that does not match what follows.
+        let mut v = ModuleValue::lock_v2(&sem);
+        v.fields[1] = RawField::uint(3);
+        assert!(matches!(
+            restore_verdict(&v.payload(), now),
+            Verdict::Refuse(_)
+        ));
+        v.fields[1] = RawField::uint(1);
+        assert!(matches!(
+            restore_verdict(&v.payload(), now),
+            Verdict::Refuse(_)
+        ));
+        // Encoding 3 is refused, 1 with version-2 fields too.
+        v = ModuleValue::lock_v2(&sem);
+        for encver in [0, 1, 3] {
+            v.module_id = rdb_len(fencelock_type_id_v(encver));
+            assert!(matches!(
+                restore_verdict(&v.payload(), now),
+                Verdict::Refuse(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn lock_info_shapes_parse_and_match_their_value() {
+        let s = |t: &str| Reply::Status(t.into());
+        let b = |t: &[u8]| Reply::Bulk(t.to_vec());
+        let exclusive = Reply::Array(vec![
+            s("owner"),
+            b(b"w"),
+            s("holds"),
+            Reply::Int(2),
+            s("ttl"),
+            Reply::Int(500),
+            s("token"),
+            Reply::Int(9),
+            s("waiters"),
+            Reply::Int(0),
+            s("mode"),
+            s("exclusive"),
+        ]);
+        let i = parse_lock_info(&exclusive).unwrap().unwrap();
+        assert_eq!(i.exclusive().map(|h| h.holds), Some(2));
+        assert!(lock_info_violations(&i, MAX_TOKEN).is_empty());
+        let holder = |o: &[u8], n: i64, t: i64| {
+            Reply::Array(vec![
+                s("owner"),
+                b(o),
+                s("permits"),
+                Reply::Int(n),
+                s("ttl"),
+                Reply::Int(500),
+                s("token"),
+                Reply::Int(t),
+            ])
+        };
+        let sem = Reply::Array(vec![
+            s("mode"),
+            s("semaphore"),
+            s("limit"),
+            Reply::Int(5),
+            s("available"),
+            Reply::Int(1),
+            s("waiters"),
+            Reply::Int(0),
+            s("holders"),
+            Reply::Array(vec![holder(b"p1", 1, 10), holder(b"p2", 3, 11)]),
+        ]);
+        let i = parse_lock_info(&sem).unwrap().unwrap();
+        assert_eq!(i.mode, InfoMode::Semaphore);
+        assert!(lock_info_violations(&i, MAX_TOKEN).is_empty());
+        let now = now_ms();
+        let f = LockFields {
+            limit: 5,
+            holders: vec![
+                HolderFields::new(b"gone", 0, 1, 8, now - 1),
+                HolderFields::new(b"p1", 0, 1, 10, now + 500),
+                HolderFields::new(b"p2", 0, 3, 11, now + 500),
+            ],
+        };
+        assert_eq!(info_matches(Some(&i), &f, now, now), Ok(()));
+        let mut other = f.clone();
+        other.holders[2].shared = 2;
+        assert!(info_matches(Some(&i), &other, now, now).is_err());
+        assert!(info_matches(None, &f, now, now).is_err());
+        let mut bad = i.clone();
+        bad.available = Some(2);
+        assert!(!lock_info_violations(&bad, MAX_TOKEN).is_empty());
+        assert!(parse_lock_info(&Reply::Array(vec![s("mode"), s("other")])).is_err());
     }
 
     #[test]

@@ -187,3 +187,78 @@ impl Link for Client {
         Ok(false)
     }
 }
+
+/// How one blocking acquire of the lock family (read/write lock,
+/// semaphore) ended, with every request it cost counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Waited {
+    /// True when granted before the give-up time.
+    pub granted: bool,
+    /// Requests that did not grant: refused tries, polls, a timed-out wait.
+    pub wasted: u64,
+    /// `SUBSCRIBE` and `UNSUBSCRIBE` requests (pub/sub waiters only).
+    pub pubsub_requests: u64,
+    /// Pub/sub messages received while waiting.
+    pub messages: u64,
+}
+
+/// What one try of a pub/sub-waiting baseline said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Try {
+    /// Granted.
+    Granted,
+    /// Refused; try again after a message, or at the latest after this
+    /// long (when the reply gave a bound: the holder's ttl, the nearest
+    /// permit expiry).
+    Busy(Option<Duration>),
+}
+
+/// The Redisson way of waiting: one try; when refused, subscribe to
+/// `channel`, then loop { try; wait for a message or the bound the refusal
+/// gave }, and unsubscribe once granted (or at `give_up`). `queue` queues
+/// one try (it may differ per try: the current time), `parse` reads its
+/// reply.
+pub async fn wait_on_channel(
+    c: &mut impl Link,
+    channel: &[u8],
+    give_up: std::time::Instant,
+    queue: impl Fn(&mut dyn Queue),
+    parse: impl Fn(&Reply) -> Option<Try>,
+    what: &str,
+) -> Result<Waited> {
+    let mut out = Waited::default();
+    let first = c.call(&queue).await?;
+    match parse(&first) {
+        Some(Try::Granted) => {
+            out.granted = true;
+            return Ok(out);
+        }
+        Some(Try::Busy(_)) => out.wasted += 1,
+        None => return Err(BenchError::unexpected(what, &first)),
+    }
+    c.subscribe(channel).await?;
+    out.pubsub_requests += 1;
+    loop {
+        let r = c.call(&queue).await?;
+        let bound = match parse(&r) {
+            Some(Try::Granted) => {
+                out.granted = true;
+                break;
+            }
+            Some(Try::Busy(bound)) => bound,
+            None => return Err(BenchError::unexpected(what, &r)),
+        };
+        out.wasted += 1;
+        let now = std::time::Instant::now();
+        if now >= give_up {
+            break;
+        }
+        let limit = bound.map_or(give_up - now, |b| b.min(give_up - now));
+        if !limit.is_zero() && c.message_within(limit).await? {
+            out.messages += 1;
+        }
+    }
+    c.unsubscribe(channel).await?;
+    out.pubsub_requests += 1;
+    Ok(out)
+}

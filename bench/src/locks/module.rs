@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::common::{Acquired, Link, Queue, WaitOutcome};
+use super::common::{Acquired, Link, Queue, WaitOutcome, Waited};
 use crate::error::{BenchError, Result};
 use crate::resp::Reply;
 
@@ -12,6 +12,27 @@ pub(super) fn queue_acquire<Q: Queue + ?Sized>(c: &mut Q, key: &[u8], owner: &[u
 
 pub(super) fn queue_release<Q: Queue + ?Sized>(c: &mut Q, key: &[u8], owner: &[u8]) {
     c.queue(&[b"LOCK.RELEASE", key, owner]);
+}
+
+/// `LOCK.ACQUIRE key owner ttl ID request-id` (exactly-once retries).
+pub(super) fn queue_acquire_with_id<Q: Queue + ?Sized>(
+    c: &mut Q,
+    key: &[u8],
+    owner: &[u8],
+    ttl_ms: &[u8],
+    id: &[u8],
+) {
+    c.queue(&[b"LOCK.ACQUIRE", key, owner, ttl_ms, b"ID", id]);
+}
+
+/// `LOCK.RELEASE key owner ID request-id` (exactly-once retries).
+pub(super) fn queue_release_with_id<Q: Queue + ?Sized>(
+    c: &mut Q,
+    key: &[u8],
+    owner: &[u8],
+    id: &[u8],
+) {
+    c.queue(&[b"LOCK.RELEASE", key, owner, b"ID", id]);
 }
 
 pub(super) fn queue_renew<Q: Queue + ?Sized>(c: &mut Q, key: &[u8], owner: &[u8], ttl_ms: &[u8]) {
@@ -38,19 +59,34 @@ pub(super) async fn acquire_waiting(
     ttl_ms: &[u8],
     give_up: Instant,
 ) -> Result<WaitOutcome> {
+    let w = acquire_family(c, key, owner, ttl_ms, &[], give_up).await?;
+    Ok(WaitOutcome {
+        granted: w.granted,
+        wasted: w.wasted,
+    })
+}
+
+/// One `LOCK.ACQUIRE key owner ttl [options] WAIT ms` (`options`: none for
+/// the exclusive lock, `SHARED`, or `LIMIT p`): queued on the server,
+/// answered with the token at the hand-off, nil when the wait times out.
+/// One request per grant; a timed-out wait is one wasted request.
+pub(super) async fn acquire_family(
+    c: &mut impl Link,
+    key: &[u8],
+    owner: &[u8],
+    ttl_ms: &[u8],
+    options: &[&[u8]],
+    give_up: Instant,
+) -> Result<Waited> {
     let wait = give_up
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
     let wait_ms = wait.as_millis().to_string();
     let queue = |q: &mut dyn Queue| {
-        q.queue(&[
-            b"LOCK.ACQUIRE",
-            key,
-            owner,
-            ttl_ms,
-            b"WAIT",
-            wait_ms.as_bytes(),
-        ]);
+        let mut args: Vec<&[u8]> = vec![b"LOCK.ACQUIRE", key, owner, ttl_ms];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[b"WAIT", wait_ms.as_bytes()]);
+        q.queue(&args);
     };
     let Some(r) = c.call_within(queue, wait + Duration::from_secs(10)).await? else {
         return Err(BenchError::Timeout(format!(
@@ -58,9 +94,10 @@ pub(super) async fn acquire_waiting(
         )));
     };
     match acquired(&r) {
-        Some(a) => Ok(WaitOutcome {
+        Some(a) => Ok(Waited {
             granted: a == Acquired::Granted,
             wasted: u64::from(a != Acquired::Granted),
+            ..Waited::default()
         }),
         None => Err(BenchError::unexpected("LOCK.ACQUIRE WAIT", &r)),
     }

@@ -3,11 +3,12 @@
 
 use std::fmt::Write as _;
 
-use crate::locks::Impl;
+use crate::locks::{rw_label, sem_label, Impl};
 use crate::plan::Mode;
 use crate::report::format::{num, short};
 use crate::report::results::Results;
 use crate::report::targets::round_ratios;
+use crate::scenarios::cpu::{id_ratios, row as cpu_row, variant_label};
 use crate::stats::range;
 
 /// A table's header row and rule.
@@ -36,6 +37,8 @@ pub fn render(r: &Results, chart: &str) -> String {
     expiry(&mut s, r);
     scale(&mut s, r);
     watchdog(&mut s, r);
+    rwlock(&mut s, r);
+    semaphore(&mut s, r);
     s
 }
 
@@ -156,22 +159,49 @@ fn cpu(s: &mut String, r: &Results) {
     if r.cpu.is_empty() {
         return;
     }
-    let impls = impls_in(&r.cpu, |x| x.imp);
+    // Report order: each implementation, the module's request-id variant
+    // right after the module.
+    let mut columns: Vec<(Impl, bool)> = Vec::new();
+    for i in impls_in(&r.cpu, |x| x.imp) {
+        for ids in [false, true] {
+            if r.cpu.iter().any(|x| x.imp == i && x.request_ids == ids) {
+                columns.push((i, ids));
+            }
+        }
+    }
+    let with_ids =
+        columns.contains(&(Impl::Module, true)) && columns.contains(&(Impl::Module, false));
     let _ = writeln!(
         s,
-        "#### 2. Server CPU per command (`INFO commandstats` usec ÷ calls, µs; {} keys per phase, median of {})\n",
+        "#### 2. Server CPU per command (`INFO commandstats` usec ÷ calls, µs; {} keys per phase, median of {}{})\n",
         num(r.plan.cpu_keys as f64),
-        r.plan.cpu_rounds
+        r.plan.cpu_rounds,
+        if with_ids {
+            "; + ID: acquire and release with `ID request-id`, a fresh 36-byte id each (renew has none: it renews a lock taken with one), back to back with the module without; the ratio is the median of per-round ratios, range in brackets"
+        } else {
+            ""
+        }
     );
-    let mut columns = vec!["operation"];
-    columns.extend(impls.iter().map(|i| i.label()));
-    head(s, &columns);
+    let mut head_row = vec!["operation".to_string()];
+    head_row.extend(columns.iter().map(|&(i, ids)| variant_label(i, ids)));
+    if with_ids {
+        head_row.push("+ ID ÷ without".into());
+    }
+    head(s, &head_row);
     for op in ["acquire", "release", "renew"] {
         let mut line = format!("| {op} |");
-        for &i in &impls {
-            match r.cpu.iter().find(|x| x.imp == i && x.op == op) {
+        for &(i, ids) in &columns {
+            match cpu_row(&r.cpu, i, ids, op) {
                 Some(x) => {
                     let _ = write!(line, " {:.3} (`{}`) |", x.usec_per_call, x.command);
+                }
+                None => line.push_str(" – |"),
+            }
+        }
+        if with_ids {
+            match id_ratios(&r.cpu, op) {
+                Some((m, lo, hi)) => {
+                    let _ = write!(line, " {m:.3}× ({lo:.3}–{hi:.3}) |");
                 }
                 None => line.push_str(" – |"),
             }
@@ -371,4 +401,132 @@ fn watchdog(s: &mut String, r: &Results) {
         );
     }
     s.push('\n');
+}
+
+fn rwlock(s: &mut String, r: &Results) {
+    let Some(first) = r.rwlock.first() else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "#### 8. Read/write lock: {} readers holding continuously (each hold {}–{} ms), a writer every {} ms holding {} ms ({} s; wait = request sent → grant reply)\n",
+        first.readers,
+        first.read_hold_ms.0,
+        first.read_hold_ms.1,
+        first.writer_every_ms,
+        first.write_hold_ms,
+        first.seconds
+    );
+    head(
+        s,
+        &[
+            "implementation",
+            "writer turns (starved)",
+            "writer wait p50 ms",
+            "p99 ms",
+            "max ms",
+            "hand-off from the last reader p50 / p99 ms",
+            "longest read hold ms",
+            "reader grants/s",
+            "reader wait p99 ms",
+            "barged past the writer",
+            "wasted per grant",
+            "pub/sub requests per grant",
+            "messages per grant",
+            "requests per grant",
+            "violations",
+        ],
+    );
+    for x in &r.rwlock {
+        let grants = (x.reader_grants + x.writer_grants).max(1) as f64;
+        let _ = writeln!(
+            s,
+            "| {} | {} ({}) | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            rw_label(x.imp),
+            x.writer_turns,
+            x.writer_starved,
+            num(x.writer_wait_ms.p50),
+            num(x.writer_wait_ms.p99),
+            num(x.writer_wait_ms.max),
+            num(x.writer_handoff_ms.p50),
+            num(x.writer_handoff_ms.p99),
+            num(x.longest_read_hold_ms),
+            num(x.reader_grants_per_sec),
+            num(x.reader_wait_ms.p99),
+            x.barged,
+            num(x.wasted_per_grant),
+            num(x.pubsub_requests as f64 / grants),
+            num(x.messages as f64 / grants),
+            num(x.requests_per_grant),
+            x.violations
+        );
+    }
+    s.push('\n');
+}
+
+fn semaphore(s: &mut String, r: &Results) {
+    let Some(first) = r.semaphore.first() else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "#### 9. Semaphore: {} clients on {} permits, each holding {} ms ({} s; wait = request sent → grant reply)\n",
+        first.clients, first.permits, first.hold_ms, first.seconds
+    );
+    head(
+        s,
+        &[
+            "implementation",
+            "grants/s",
+            "wait p50 ms",
+            "p99 ms",
+            "max ms",
+            "wasted per grant",
+            "pub/sub requests per grant",
+            "messages per grant",
+            "requests per grant",
+            "out of arrival order",
+            "most grants past one wait",
+            "most permits held at once",
+        ],
+    );
+    for x in &r.semaphore {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1}% | {} | {} |",
+            sem_label(x.imp),
+            num(x.grants_per_sec),
+            num(x.wait_ms.p50),
+            num(x.wait_ms.p99),
+            num(x.wait_ms.max),
+            num(x.wasted_per_grant),
+            num(x.pubsub_requests as f64 / x.grants.max(1) as f64),
+            num(x.messages_per_grant),
+            num(x.requests_per_grant),
+            x.out_of_order_pct,
+            x.max_overtaken,
+            x.max_holders
+        );
+    }
+    s.push('\n');
+    if !r.semaphore_fifo.is_empty() {
+        let _ = writeln!(
+            s,
+            "Out of arrival order: granted to a client that began waiting > 1 ms after a wait it passed, > 1 ms before that wait ended (judged client-side: on a loaded machine arrival is blurred by about that much). FIFO check ({} permits taken, {} waiters start one by one, 20 ms apart, one permit comes free, each waiter releases when granted):\n",
+            r.plan.sem_permits, r.plan.sem_fifo_waiters
+        );
+        head(s, &["implementation", "grant order", "inversions", "FIFO"]);
+        for f in &r.semaphore_fifo {
+            let order: Vec<String> = f.order.iter().map(usize::to_string).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                sem_label(f.imp),
+                order.join(" "),
+                f.inversions,
+                if f.in_order { "yes" } else { "no" }
+            );
+        }
+        s.push('\n');
+    }
 }

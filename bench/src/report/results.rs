@@ -6,7 +6,9 @@ use crate::plan::{Mode, Plan};
 use crate::scenarios::cpu::CpuRow;
 use crate::scenarios::expiry::ExpiryRow;
 use crate::scenarios::handoff::{FifoRow, HandoffRow};
+use crate::scenarios::rwlock::RwRow;
 use crate::scenarios::scale::ScaleRow;
+use crate::scenarios::semaphore::SemRow;
 use crate::scenarios::throughput::ThroughputRow;
 use crate::scenarios::watchdog::WatchdogRow;
 
@@ -60,6 +62,12 @@ pub struct Results {
     pub scale: Vec<ScaleRow>,
     /// Scenario 7.
     pub watchdog: Vec<WatchdogRow>,
+    /// Scenario 8.
+    pub rwlock: Vec<RwRow>,
+    /// Scenario 9.
+    pub semaphore: Vec<SemRow>,
+    /// Scenario 9, FIFO check.
+    pub semaphore_fifo: Vec<FifoRow>,
     /// Every target, judged.
     pub targets: Vec<TargetResult>,
 }
@@ -77,6 +85,9 @@ impl Results {
             expiry: Vec::new(),
             scale: Vec::new(),
             watchdog: Vec::new(),
+            rwlock: Vec::new(),
+            semaphore: Vec::new(),
+            semaphore_fifo: Vec::new(),
             targets: Vec::new(),
         }
     }
@@ -85,7 +96,7 @@ impl Results {
 /// One target and its verdict.
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetResult {
-    /// Scenario number (1-7).
+    /// Scenario number (1-9).
     pub scenario: u8,
     /// What the issue asks.
     pub target: String,

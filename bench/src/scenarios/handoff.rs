@@ -359,7 +359,7 @@ async fn fifo_check(ctx: &mut Ctx, lock: &Lock) -> Result<FifoRow> {
 }
 
 /// Polls `LOCK.INFO key` until it reports `n` waiters (at most 5 s).
-async fn wait_until_queued(conn: &mut Conn, key: &[u8], n: usize) -> Result<()> {
+pub async fn wait_until_queued(conn: &mut Conn, key: &[u8], n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = conn.call(&[b"LOCK.INFO", key]).await?;

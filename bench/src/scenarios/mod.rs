@@ -1,4 +1,4 @@
-//! The seven measurements of the issue, one file each, and what they share:
+//! The measurements of the issues, one file each, and what they share:
 //! the context (server, plan, lock implementations), key and owner names,
 //! and a pipelined bulk operation for filling and sweeping the keyspace.
 //!
@@ -8,6 +8,9 @@
 //! - `expiry`: 4. lease-expiry promptness;
 //! - `scale`: 5. memory per lock, 6. latency vs live locks, RDB save/load;
 //! - `watchdog`: 7. renewal load;
+//! - `rwlock`: 8. a read/write lock under continuous readers and a periodic
+//!   writer;
+//! - `semaphore`: 9. clients contending for the permits of a semaphore;
 //!
 //! and, not a measurement of the locks, `client_ab`: the load generator on
 //! its own RESP client against the `redis` crate (`client_lib`: the crate's
@@ -18,7 +21,9 @@ pub mod client_lib;
 pub mod cpu;
 pub mod expiry;
 pub mod handoff;
+pub mod rwlock;
 pub mod scale;
+pub mod semaphore;
 pub mod throughput;
 pub mod watchdog;
 
@@ -47,17 +52,23 @@ pub enum Scenario {
     Scale,
     /// 7. Watchdog renewals.
     Watchdog,
+    /// 8. Read/write lock: continuous readers, a periodic writer.
+    RwLock,
+    /// 9. Semaphore: clients contending for its permits.
+    Semaphore,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Throughput,
         Scenario::Cpu,
         Scenario::Handoff,
         Scenario::Expiry,
         Scenario::Scale,
         Scenario::Watchdog,
+        Scenario::RwLock,
+        Scenario::Semaphore,
     ];
 
     /// The `--only` name.
@@ -69,6 +80,8 @@ impl Scenario {
             Scenario::Expiry => "expiry",
             Scenario::Scale => "scale",
             Scenario::Watchdog => "watchdog",
+            Scenario::RwLock => "rwlock",
+            Scenario::Semaphore => "semaphore",
         }
     }
 }
