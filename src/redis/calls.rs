@@ -342,37 +342,20 @@ pub(super) fn emit_apply(
             continue;
         };
         let state = state.as_bytes();
-        match &h.memo {
-            // SAFETY: `aof`, `key`: the running `aof_rewrite` callback's
-            // arguments; each pointer matches its letter of "sbb" (the
-            // key, the owner buffer, the state buffer) and outlives the call.
-            None => unsafe {
-                emit(
-                    aof,
-                    c"LOCK.APPLY".as_ptr(),
-                    c"sbb".as_ptr(),
-                    key,
-                    h.owner.as_ptr(),
-                    h.owner.len(),
-                    state.as_ptr(),
-                    state.len(),
-                );
-            },
-            // SAFETY: as above, with "sbbb" (and the request id buffer).
-            Some(memo) => unsafe {
-                emit(
-                    aof,
-                    c"LOCK.APPLY".as_ptr(),
-                    c"sbbb".as_ptr(),
-                    key,
-                    h.owner.as_ptr(),
-                    h.owner.len(),
-                    state.as_ptr(),
-                    state.len(),
-                    memo.id.as_ptr(),
-                    memo.id.len(),
-                );
-            },
+        // SAFETY: `aof`, `key`: the running `aof_rewrite` callback's
+        // arguments; each pointer matches its letter of "sbb" (the key, the
+        // owner buffer, the state buffer) and outlives the call.
+        unsafe {
+            emit(
+                aof,
+                c"LOCK.APPLY".as_ptr(),
+                c"sbb".as_ptr(),
+                key,
+                h.owner.as_ptr(),
+                h.owner.len(),
+                state.as_ptr(),
+                state.len(),
+            );
         }
     }
 }
@@ -407,8 +390,8 @@ pub(super) fn digest_lock(md: *mut raw::RedisModuleDigest, lock: &Lock) {
 // ------------------------------------------------- replication, notification
 
 /// Replicates the share of the holder at `i` as its effect, with absolute
-/// deadline and token: `LOCK.APPLY key owner state [request-id]`
-/// (`rules::effect`), three or four arguments that Redis only copies.
+/// deadline and token: `LOCK.APPLY key owner state` (`rules::effect`), three
+/// arguments that Redis only copies.
 pub fn replicate_share(ctx: &Context, key: &RedisString, lock: &Lock, i: usize) {
     // SAFETY: reading a function pointer Redis filled in at module load.
     let Some(replicate) = (unsafe { raw::RedisModule_Replicate }) else {
@@ -418,37 +401,20 @@ pub fn replicate_share(ctx: &Context, key: &RedisString, lock: &Lock, i: usize) 
         return;
     };
     let state = state.as_bytes();
-    match &h.memo {
-        // SAFETY: `ctx.ctx` is the running callback's context and
-        // `key.inner` a live string; every argument matches its letter of
-        // "sbb" (key, owner buffer, state buffer); Redis copies the buffers.
-        None => unsafe {
-            replicate(
-                ctx.ctx,
-                c"LOCK.APPLY".as_ptr(),
-                c"sbb".as_ptr(),
-                key.inner,
-                h.owner.as_ptr(),
-                h.owner.len(),
-                state.as_ptr(),
-                state.len(),
-            );
-        },
-        // SAFETY: as above, with "sbbb" (and the request id buffer).
-        Some(memo) => unsafe {
-            replicate(
-                ctx.ctx,
-                c"LOCK.APPLY".as_ptr(),
-                c"sbbb".as_ptr(),
-                key.inner,
-                h.owner.as_ptr(),
-                h.owner.len(),
-                state.as_ptr(),
-                state.len(),
-                memo.id.as_ptr(),
-                memo.id.len(),
-            );
-        },
+    // SAFETY: `ctx.ctx` is the running callback's context and `key.inner` a
+    // live string; every argument matches its letter of "sbb" (key, owner
+    // buffer, state buffer); Redis copies the buffers.
+    unsafe {
+        replicate(
+            ctx.ctx,
+            c"LOCK.APPLY".as_ptr(),
+            c"sbb".as_ptr(),
+            key.inner,
+            h.owner.as_ptr(),
+            h.owner.len(),
+            state.as_ptr(),
+            state.len(),
+        );
     }
 }
 

@@ -71,7 +71,7 @@ pub enum Apply<'a> {
         token: u64,
         deadline_ms: u64,
     },
-    /// `key owner state [request-id]`: one holder's share (`only`: the key
+    /// `key owner state`: one holder's share (`only`: the key
     /// holds exactly this read/write holder).
     Share {
         owner: &'a [u8],
@@ -100,7 +100,7 @@ pub const ERR_RELEASE_OPTION: &str =
     "ERR syntax error: the options are COUNT n and ID request-id, each once";
 pub const ERR_RELEASE_COUNT: &str = "ERR COUNT n must be an integer from 1 to 2^63-1";
 pub const ERR_APPLY: &str =
-    "ERR LOCK.APPLY needs holds, token and deadline-ms >= 1 as integers, or a state 'x|s|p n m token deadline-ms [reply]' (a reply exactly with a request id), or DROP";
+    "ERR LOCK.APPLY needs holds, token and deadline-ms >= 1 as integers, or a state 'x|s|p n m token deadline-ms [reply request-id]', or DROP";
 
 /// A non-negative decimal integer, strictly digits (no sign, no spaces).
 fn parse_u64(raw: &[u8]) -> Option<u64> {
@@ -288,14 +288,10 @@ pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
         [_key, owner, drop] if drop.eq_ignore_ascii_case(b"DROP") => Ok(Apply::Drop {
             owner: parse_owner(owner)?,
         }),
-        [_key, owner, state, id @ ..] if id.len() <= 1 => {
+        [_key, owner, state] => {
             let owner = parse_owner(owner)?;
             let state = parse_state(state).ok_or_else(bad)?;
-            let memo = match (id.first(), state.reply) {
-                (None, None) => None,
-                (Some(id), Some(reply)) => Some((parse_id(id).map_err(|_| bad())?, reply)),
-                _ => return Err(bad()),
-            };
+            let memo = state.memo.map(|(reply, id)| (id, reply));
             let (limit, exclusive, shared) = state.shape();
             if exclusive == 0 && shared == 0 || state.token == 0 || state.deadline_ms == 0 {
                 return Err(bad());
@@ -584,7 +580,7 @@ mod tests {
             })
         );
         assert_eq!(
-            apply(&v(&["k", "o", "p 5 9 2 3 2", "req"])),
+            apply(&v(&["k", "o", "p 5 9 2 3 2 req"])),
             Ok(Apply::Share {
                 owner: b"o",
                 only: false,
@@ -605,8 +601,7 @@ mod tests {
             &["k", "o", "x 1 0 0 3"],
             &["k", "o", "x 1 0 2 0"],
             &["k", "o", "x 1 0 2 3 5"],
-            &["k", "o", "x 1 0 2 3", "req"],
-            &["k", "o", "x 1 0 2 3 5", ""],
+            &["k", "o", "x 1 0 2 3 5 "],
             &["k", "o", "p 1 0 2 3"],
             &["k", "o", "y 1 0 2 3"],
         ] {

@@ -1,20 +1,19 @@
 //! The replicated effect of a change to one holder, as `LOCK.APPLY` carries
-//! it to replicas and the AOF: `LOCK.APPLY key owner state [request-id]`,
-//! where `state` is one readable text argument,
-//! `kind n m token deadline-ms [reply]`:
+//! it to replicas and the AOF: `LOCK.APPLY key owner state`, where `state`
+//! is one readable text argument, `kind n m token deadline-ms [reply id]`:
 //! - `x n m ...`: the key holds exactly this one holder of a read/write lock
 //!   (`n` exclusive and `m` shared holds) — the value is replaced;
 //! - `s n m ...`: this owner's share of a read/write lock (others stay);
 //! - `p n m ...`: this owner's `n` permits of a semaphore of `m`;
-//! - `reply`: present exactly when the request id follows (the owner's last
-//!   request and what it answered).
+//! - `reply id`: the owner's last request and what it answered; the id is
+//!   the rest of the argument, as sent (it may hold any byte, spaces too).
 //!
 //! One argument instead of five: every argument of `RedisModule_Replicate`
 //! is an object Redis creates, formats and frees, which made up half the
 //! cost of a grant. (The first release's `LOCK.APPLY key owner holds token
 //! deadline-ms` and `LOCK.APPLY key owner DROP` are parsed in `args`.)
 
-use super::lock::{Holder, Lock, Mode, MAX_HOLDS, MAX_PERMITS};
+use super::lock::{Holder, Lock, Mode, MAX_HOLDS, MAX_PERMITS, MAX_REQUEST_ID_LEN};
 
 /// What a state argument says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +28,7 @@ pub enum Kind {
 
 /// A parsed state argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct State {
+pub struct State<'a> {
     pub kind: Kind,
     /// Exclusive holds, or permits.
     pub n: u64,
@@ -37,11 +36,11 @@ pub struct State {
     pub m: u64,
     pub token: u64,
     pub deadline_ms: u64,
-    /// The remembered reply (with a request id).
-    pub reply: Option<u64>,
+    /// The remembered request: its reply and its id.
+    pub memo: Option<(u64, &'a [u8])>,
 }
 
-impl State {
+impl State<'_> {
     /// The semaphore limit (0 for a read/write lock) and the holder's
     /// exclusive and shared counts.
     pub fn shape(&self) -> (u32, u64, u64) {
@@ -52,8 +51,9 @@ impl State {
     }
 }
 
-/// Longest state text: a kind, five 19-digit numbers, five spaces.
-pub const MAX_STATE_LEN: usize = 1 + 5 * (1 + 20);
+/// Longest state text: a kind, five numbers of up to 20 digits with their
+/// spaces, and a request id with its space.
+pub const MAX_STATE_LEN: usize = 1 + 5 * (1 + 20) + 1 + MAX_REQUEST_ID_LEN;
 
 /// A state argument, formatted on the stack.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +100,8 @@ pub fn state_of(lock: &Lock, i: usize) -> Option<StateText> {
     }
     if let Some(memo) = &h.memo {
         text.number(memo.reply);
+        text.push(b" ");
+        text.push(&memo.id);
     }
     Some(text)
 }
@@ -107,8 +109,8 @@ pub fn state_of(lock: &Lock, i: usize) -> Option<StateText> {
 /// Parses a state argument; `None` when it is not one. Numbers are checked
 /// for form and for the ranges of their fields; the values a holder must
 /// have are checked by `Holder::from_loaded`.
-pub fn parse_state(raw: &[u8]) -> Option<State> {
-    let mut parts = raw.split(|b| *b == b' ');
+pub fn parse_state(raw: &[u8]) -> Option<State<'_>> {
+    let mut parts = raw.splitn(7, |b| *b == b' ');
     let kind = match parts.next()? {
         b"x" => Kind::Only,
         b"s" => Kind::Shared,
@@ -128,17 +130,23 @@ pub fn parse_state(raw: &[u8]) -> Option<State> {
         }
     };
     let (n, m, token, deadline_ms) = (num()??, num()??, num()??, num()??);
-    let reply = num()?;
-    if num()?.is_some() {
-        return None;
-    }
+    let memo = match num()? {
+        None => None,
+        Some(reply) => {
+            let id = parts.next()?;
+            if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+                return None;
+            }
+            Some((reply, id))
+        }
+    };
     let state = State {
         kind,
         n,
         m,
         token,
         deadline_ms,
-        reply,
+        memo,
     };
     match kind {
         Kind::Permits if m == 0 || m > u64::from(MAX_PERMITS) => None,
@@ -160,8 +168,8 @@ mod tests {
     fn every_kind_has_its_readable_state() {
         let mut l = Lock::grant(b"w", Want::Exclusive, 77, 0, 5000);
         assert_eq!(text(&l, 0), "x 1 0 77 5000");
-        l.holders[0].remember(Some(b"r1"), 77);
-        assert_eq!(text(&l, 0), "x 1 0 77 5000 77");
+        l.holders[0].remember(Some(b"r 1"), 77);
+        assert_eq!(text(&l, 0), "x 1 0 77 5000 77 r 1");
         let mut r = Lock::grant(b"a", Want::Shared, 1, 0, 10);
         r.add(b"b", Want::Shared, 2, 0, 20);
         assert_eq!(text(&r, 1), "s 0 1 2 20");
@@ -180,11 +188,15 @@ mod tests {
             }],
         };
         let mut full = max.clone();
-        full.holders[0].remember(Some(b"r"), MAX_HOLDS);
-        assert!(text(&full, 0).len() <= MAX_STATE_LEN);
+        let id = [b' '; MAX_REQUEST_ID_LEN];
+        full.holders[0].remember(Some(&id), MAX_HOLDS);
+        let t = state_of(&full, 0)
+            .map(|t| t.as_bytes().to_vec())
+            .unwrap_or_default();
+        assert!(t.len() <= MAX_STATE_LEN);
         assert_eq!(
-            parse_state(text(&full, 0).as_bytes()).map(|s| s.reply),
-            Some(Some(MAX_HOLDS))
+            parse_state(&t).and_then(|s| s.memo),
+            Some((MAX_HOLDS, &id[..]))
         );
     }
 
@@ -192,9 +204,9 @@ mod tests {
     fn states_round_trip_and_garbage_is_refused() {
         for t in [
             "x 1 0 77 5000",
-            "x 2 3 77 5000 77",
+            "x 2 3 77 5000 77 id",
             "s 0 1 2 20",
-            "p 4 9 3 30 3",
+            "p 4 9 3 30 3 a b",
         ] {
             let s = parse_state(t.as_bytes());
             assert!(s.is_some(), "{t}");
@@ -207,7 +219,7 @@ mod tests {
                 m: 9,
                 token: 3,
                 deadline_ms: 30,
-                reply: None
+                memo: None
             })
         );
         assert_eq!(
@@ -219,7 +231,8 @@ mod tests {
             "x",
             "x 1 0 77",
             "q 1 0 77 5000",
-            "x 1 0 77 5000 1 2",
+            "x 1 0 77 5000 1",
+            "x 1 0 77 5000 1 ",
             "x  1 0 77 5000",
             "x 1 0 77 5000 ",
             "x -1 0 77 5000",
