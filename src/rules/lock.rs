@@ -291,7 +291,7 @@ impl InvalidLock {
     pub fn reason(self) -> &'static str {
         match self {
             InvalidLock::Owner => "owner must be 1 to 1024 bytes",
-            InvalidLock::Holds => "holds must be from 1 to 2^63-1",
+            InvalidLock::Holds => "holds (exclusive and shared together) must be from 1 to 2^63-1",
             InvalidLock::Token => {
                 "token must be from 1 to 0x7000000000000000 in a RESTORE payload, to 2^63-1 elsewhere"
             }
@@ -481,10 +481,13 @@ impl Lock {
         ttl_ms: u64,
     ) -> Option<FencingToken> {
         let h = self.holders.get_mut(i)?;
+        // All of an owner's holds together stay a positive RESP integer
+        // (what a file may hold and load again): at 2^63 − 1 they saturate.
+        let room = MAX_HOLDS.saturating_sub(h.total());
         match want {
-            Want::Exclusive => h.exclusive = h.exclusive.saturating_add(1).min(MAX_HOLDS),
-            Want::Shared => h.shared = h.shared.saturating_add(1).min(MAX_HOLDS),
-            Want::Permits { count, .. } => h.shared = h.shared.saturating_add(u64::from(count)),
+            Want::Exclusive => h.exclusive += room.min(1),
+            Want::Shared => h.shared += room.min(1),
+            Want::Permits { count, .. } => h.shared += room.min(u64::from(count)),
         }
         h.deadline_ms = now_ms.saturating_add(ttl_ms);
         Some(h.token)
@@ -609,7 +612,7 @@ impl Lock {
 
 impl Holder {
     /// One holder read from outside, each field checked against the rules
-    /// the commands apply (`exclusive + shared` ≥ 1, each ≤ 2^63 − 1; a
+    /// the commands apply (1 ≤ `exclusive + shared` ≤ 2^63 − 1; a
     /// remembered request: id 1..=64 bytes, reply ≤ 2^63 − 1).
     #[allow(clippy::too_many_arguments)] // the fields of one record, in order
     pub fn from_loaded(
@@ -625,8 +628,9 @@ impl Holder {
         if owner.is_empty() || owner.len() > MAX_OWNER_LEN {
             return Err(InvalidLock::Owner);
         }
-        if exclusive > MAX_HOLDS || shared > MAX_HOLDS || exclusive == 0 && shared == 0 {
-            return Err(InvalidLock::Holds);
+        match exclusive.checked_add(shared) {
+            Some(total) if (1..=MAX_HOLDS).contains(&total) => {}
+            _ => return Err(InvalidLock::Holds),
         }
         if token == 0 || token > from.max_token() {
             return Err(InvalidLock::Token);
@@ -1019,6 +1023,19 @@ mod tests {
             Err(InvalidLock::Holds)
         );
         assert!(Holder::from_loaded(LoadedFrom::Server, b"o", 0, 3, 1, 5, None, now).is_ok());
+        let half = MAX_HOLDS / 2;
+        assert!(
+            Holder::from_loaded(LoadedFrom::Server, b"o", half, half + 1, 1, 5, None, now).is_ok()
+        );
+        assert_eq!(
+            Holder::from_loaded(LoadedFrom::Server, b"o", MAX_HOLDS, 1, 1, 5, None, now),
+            Err(InvalidLock::Holds),
+            "all of an owner's holds together are at most 2^63 - 1"
+        );
+        let mut at_cap =
+            Lock::from_loaded(LoadedFrom::Server, b"o", MAX_HOLDS, 1, 5, now).unwrap_or_default();
+        at_cap.reenter(0, Want::Shared, now, 10);
+        assert_eq!(at_cap.holders[0].total(), MAX_HOLDS, "re-entries saturate");
         let with = |id: &[u8], reply| {
             Holder::from_loaded(LoadedFrom::Server, b"o", 1, 0, 1, 5, Some((id, reply)), now)
                 .map(|h| h.answered(id))
