@@ -25,7 +25,8 @@
 //! - A replica whose master (a fake one in the test) sends a corrupt RDB on
 //!   full sync exits cleanly or refuses and retries; it never aborts.
 //! - A replica refuses hostile `LOCK.APPLY` from its master (every effect
-//!   form: the first release's, `SHARED`, `LIMIT`, `DROP`, with `ID`) and
+//!   form: the first release's, the `x`/`s`/`p` states with and without a
+//!   request id, `DROP`) and
 //!   keeps serving: keys of refused effects do not exist, locks they would
 //!   have broken are unchanged, the valid effects are applied.
 //! - An AOF with the same hostile `LOCK.APPLY` lines beside valid ones
@@ -68,6 +69,8 @@ const PERMIT2: &[u8] = b"permit-two-02";
 const IDEM: &[u8] = b"idem-owner-01";
 /// The request id `IDEM` acquired with.
 const IDEM_ID: &str = "request-0077";
+/// A request id that a replicated effect carries (the rest of its state).
+const REPLICATED_ID: &str = "req 9 \u{1}\u{ff} end";
 
 /// How long a server may take to exit, serve, or retry (a slow machine).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -1226,37 +1229,11 @@ fn apply_line(key: &str, owner: &[u8], holds: u64, token: u64, deadline: u64) ->
     )
 }
 
-/// A `LOCK.APPLY key owner n token deadline KIND m [ID id reply]` line.
-#[allow(clippy::too_many_arguments)] // the fields of the effect, in order
-fn share_line(
-    key: &str,
-    owner: &[u8],
-    n: u64,
-    token: u64,
-    deadline: u64,
-    kind: &str,
-    m: u64,
-    memo: Option<(&[u8], u64)>,
-) -> Vec<u8> {
-    let (n, token, deadline, m) = (
-        n.to_string(),
-        token.to_string(),
-        deadline.to_string(),
-        m.to_string(),
-    );
-    let mut rest: Vec<&[u8]> = vec![
-        owner,
-        n.as_bytes(),
-        token.as_bytes(),
-        deadline.as_bytes(),
-        kind.as_bytes(),
-        m.as_bytes(),
-    ];
-    let reply;
-    if let Some((id, r)) = memo {
-        reply = r.to_string();
-        rest.extend([&b"ID"[..], id, reply.as_bytes()]);
-    }
+/// A `LOCK.APPLY key owner state [extra]` line (`state`: `kind n m token
+/// deadline-ms [reply request-id]`; no form takes an extra argument).
+fn state_line(key: &str, owner: &[u8], state: &str, extra: Option<&[u8]>) -> Vec<u8> {
+    let mut rest: Vec<&[u8]> = vec![owner, state.as_bytes()];
+    rest.extend(extra);
     apply(key, &rest)
 }
 
@@ -1272,10 +1249,10 @@ fn hostile_applies(now: u64) -> Vec<(String, Vec<u8>)> {
     let imax1 = (i64::MAX as u64 + 1).to_string();
     let far = (now + 40 * DAY_MS).to_string();
     let huge = (1u64 << 62).to_string();
-    let long_id = vec![b'i'; 65];
     let (h, t) = (hour.as_bytes(), tok.as_bytes());
-    let cases: Vec<(&str, Vec<&[u8]>)> = vec![
-        ("token 2^63", vec![b"o", b"1", imax1.as_bytes(), h]),
+    // The first release's form.
+    let mut cases: Vec<(String, Vec<Vec<u8>>)> = [
+        ("token 2^63", vec![&b"o"[..], b"1", imax1.as_bytes(), h]),
         ("token 2^64-1", vec![b"o", b"1", umax.as_bytes(), h]),
         ("token 0", vec![b"o", b"1", b"0", h]),
         ("token -1", vec![b"o", b"1", b"-1", h]),
@@ -1302,124 +1279,124 @@ fn hostile_applies(now: u64) -> Vec<(String, Vec<u8>)> {
         ("deadline 2^62", vec![b"o", b"1", t, huge.as_bytes()]),
         ("deadline 0", vec![b"o", b"1", t, b"0"]),
         ("deadline ' 5'", vec![b"o", b"1", t, b" 5"]),
-        ("three fields", vec![b"o", b"1", t]),
         ("five fields", vec![b"o", b"1", t, h, b"1"]),
+        ("six fields", vec![b"o", b"1", t, h, b"SHARED", b"1"]),
+        ("DROP with an empty owner", vec![b"", b"DROP"]),
+        ("DROP with an extra field", vec![b"o", b"DROP", b"x"]),
+    ]
+    .into_iter()
+    .map(|(n, f)| (n.to_string(), f.into_iter().map(<[u8]>::to_vec).collect()))
+    .collect();
+    // The state forms: `kind n m token deadline [reply]` [request-id].
+    let long_id = "i".repeat(65);
+    let states: Vec<(&str, String, Option<&[u8]>)> = vec![
+        ("x holding nothing", format!("x 0 0 {tok} {hour}"), None),
+        ("s holding nothing", format!("s 0 0 {tok} {hour}"), None),
+        ("p with no permit", format!("p 0 5 {tok} {hour}"), None),
+        ("p of limit 0", format!("p 1 0 {tok} {hour}"), None),
         (
-            "SHARED 0 with 0 exclusive",
-            vec![b"o", b"0", t, h, b"SHARED", b"0"],
+            "p of limit 1000001",
+            format!("p 1 1000001 {tok} {hour}"),
+            None,
         ),
         (
-            "SHARED 2^63",
-            vec![b"o", b"0", t, h, b"SHARED", imax1.as_bytes()],
-        ),
-        (
-            "exclusive 2^63",
-            vec![b"o", imax1.as_bytes(), t, h, b"SHARED", b"0"],
-        ),
-        ("SHARED -1", vec![b"o", b"0", t, h, b"SHARED", b"-1"]),
-        (
-            "SHARED without its count",
-            vec![b"o", b"0", t, h, b"SHARED"],
-        ),
-        ("share token 0", vec![b"o", b"0", b"0", h, b"SHARED", b"1"]),
-        (
-            "share token 2^63",
-            vec![b"o", b"0", imax1.as_bytes(), h, b"SHARED", b"1"],
-        ),
-        (
-            "share deadline 40 days ahead",
-            vec![b"o", b"0", t, far.as_bytes(), b"SHARED", b"1"],
-        ),
-        (
-            "share deadline 0",
-            vec![b"o", b"0", t, b"0", b"SHARED", b"1"],
-        ),
-        (
-            "share owner of 1025 bytes",
-            vec![long_owner.as_slice(), b"0", t, h, b"SHARED", b"1"],
-        ),
-        ("share empty owner", vec![b"", b"0", t, h, b"SHARED", b"1"]),
-        (
-            "an unknown kind word",
-            vec![b"o", b"1", t, h, b"EXCLUSIVE", b"1"],
-        ),
-        ("LIMIT 0", vec![b"o", b"1", t, h, b"LIMIT", b"0"]),
-        (
-            "LIMIT 1000001",
-            vec![b"o", b"1", t, h, b"LIMIT", b"1000001"],
-        ),
-        (
-            "LIMIT 2^32",
-            vec![b"o", b"1", t, h, b"LIMIT", b"4294967296"],
-        ),
-        ("LIMIT -1", vec![b"o", b"1", t, h, b"LIMIT", b"-1"]),
-        (
-            "LIMIT with no permit",
-            vec![b"o", b"0", t, h, b"LIMIT", b"5"],
+            "p of limit 2^32",
+            format!("p 1 4294967296 {tok} {hour}"),
+            None,
         ),
         (
             "permits over the limit",
-            vec![b"o", b"6", t, h, b"LIMIT", b"5"],
+            format!("p 6 5 {tok} {hour}"),
+            None,
         ),
         (
-            "eight fields",
-            vec![b"o", b"1", t, h, b"SHARED", b"1", b"x"],
+            "exclusive holds 2^63",
+            format!("x {imax1} 0 {tok} {hour}"),
+            None,
         ),
         (
-            "ID without its reply",
-            vec![b"o", b"1", t, h, b"SHARED", b"0", b"ID", b"r"],
+            "shared holds 2^63",
+            format!("s 0 {imax1} {tok} {hour}"),
+            None,
+        ),
+        ("state token 0", format!("x 1 0 0 {hour}"), None),
+        ("state token 2^63", format!("x 1 0 {imax1} {hour}"), None),
+        (
+            "state token 2^64",
+            format!("x 1 0 18446744073709551616 {hour}"),
+            None,
+        ),
+        ("state deadline 0", format!("x 1 0 {tok} 0"), None),
+        (
+            "state deadline 40 days ahead",
+            format!("s 0 1 {tok} {far}"),
+            None,
+        ),
+        ("an unknown kind", format!("q 1 0 {tok} {hour}"), None),
+        ("an uppercase kind", format!("X 1 0 {tok} {hour}"), None),
+        ("a state without its deadline", format!("x 1 0 {tok}"), None),
+        ("a signed reply", format!("x 1 0 {tok} {hour} -5 r"), None),
+        ("two spaces", format!("x  1 0 {tok} {hour}"), None),
+        ("a trailing space", format!("x 1 0 {tok} {hour} "), None),
+        ("a signed number", format!("x -1 0 {tok} {hour}"), None),
+        ("a plus sign", format!("x 1 0 +{tok} {hour}"), None),
+        ("an empty state", String::new(), None),
+        (
+            "a reply without a request id",
+            format!("x 1 0 {tok} {hour} 5"),
+            None,
         ),
         (
-            "ID empty",
-            vec![b"o", b"1", t, h, b"SHARED", b"0", b"ID", b"", b"5"],
+            "a request id in place of the reply",
+            format!("x 1 0 {tok} {hour} r"),
+            None,
         ),
         (
-            "ID of 65 bytes",
-            vec![
-                b"o",
-                b"1",
-                t,
-                h,
-                b"SHARED",
-                b"0",
-                b"ID",
-                long_id.as_slice(),
-                b"5",
-            ],
+            "an empty request id",
+            format!("x 1 0 {tok} {hour} 5 "),
+            None,
         ),
         (
-            "ID reply 2^63",
-            vec![
-                b"o",
-                b"1",
-                t,
-                h,
-                b"SHARED",
-                b"0",
-                b"ID",
-                b"r",
-                imax1.as_bytes(),
-            ],
+            "a request id of 65 bytes",
+            format!("x 1 0 {tok} {hour} 5 {long_id}"),
+            None,
         ),
         (
-            "ID reply -1",
-            vec![b"o", b"1", t, h, b"SHARED", b"0", b"ID", b"r", b"-1"],
+            "a reply of 2^63",
+            format!("x 1 0 {tok} {hour} {imax1} r"),
+            None,
         ),
         (
-            "NOTID instead of ID",
-            vec![b"o", b"1", t, h, b"SHARED", b"0", b"NOTID", b"r", b"5"],
+            "a request id as a fourth argument",
+            format!("x 1 0 {tok} {hour} 5"),
+            Some(b"r"),
         ),
         (
-            "eleven fields",
-            vec![b"o", b"1", t, h, b"SHARED", b"0", b"ID", b"r", b"5", b"x"],
+            "a DROP with a fourth argument",
+            "DROP".to_string(),
+            Some(b"x"),
         ),
-        ("DROP with an empty owner", vec![b"", b"DROP"]),
-        ("DROP with an extra field", vec![b"o", b"DROP", b"x"]),
     ];
+    for (name, state, id) in states {
+        let mut f = vec![b"o".to_vec(), state.into_bytes()];
+        f.extend(id.map(<[u8]>::to_vec));
+        cases.push((name.to_string(), f));
+    }
+    cases.push((
+        "a state with an owner of 1025 bytes".into(),
+        vec![long_owner, format!("x 1 0 {tok} {hour}").into_bytes()],
+    ));
+    cases.push((
+        "a state with an empty owner".into(),
+        vec![Vec::new(), format!("s 0 1 {tok} {hour}").into_bytes()],
+    ));
     cases
         .into_iter()
         .enumerate()
-        .map(|(i, (name, fields))| (name.to_string(), apply(&format!("bad:{i}"), &fields)))
+        .map(|(i, (name, fields))| {
+            let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+            (name, apply(&format!("bad:{i}"), &refs))
+        })
         .collect()
 }
 
@@ -1433,140 +1410,157 @@ fn hostile_family_applies(
 ) -> Vec<(String, Vec<u8>, bool)> {
     let hour = now + HOUR;
     let tok = (now << 20) + 99;
-    let memo = Some((&b""[..], 3));
+    let t = |k: &str, o: &[u8]| token_of(k, o);
     vec![
         (
             "a reader beside the exclusive holder",
-            share_line("lock:target", b"reader-x", 0, tok, hour, "SHARED", 1, None),
+            state_line(
+                "lock:target",
+                b"reader-x",
+                &format!("s 0 1 {tok} {hour}"),
+                None,
+            ),
+            true,
         ),
         (
             "the exclusive holder with token 2^64-1",
             apply_line("lock:target", TARGET, 1, u64::MAX, hour),
-        ),
-        (
-            "an intruder with token 2^64-1",
-            apply_line("lock:target", b"intruder", 1, u64::MAX, hour),
+            false,
         ),
         (
             "a permit holder on the exclusive lock",
-            share_line("lock:target", b"p-new", 1, tok, hour, "LIMIT", 5, None),
+            state_line(
+                "lock:target",
+                b"p-new",
+                &format!("p 1 5 {tok} {hour}"),
+                None,
+            ),
+            true,
         ),
         (
             "an exclusive holder beside the readers",
-            share_line("lock:shared", b"writer", 1, tok, hour, "SHARED", 0, None),
+            state_line(
+                "lock:shared",
+                b"writer",
+                &format!("s 1 0 {tok} {hour}"),
+                None,
+            ),
+            true,
         ),
         (
             "a reader turned exclusive beside another",
-            share_line(
+            state_line(
                 "lock:shared",
                 READER1,
-                1,
-                token_of("lock:shared", READER1),
-                hour,
-                "SHARED",
-                1,
+                &format!("s 1 1 {} {hour}", t("lock:shared", READER1)),
                 None,
             ),
+            true,
         ),
         (
             "a new reader with another reader's token",
-            share_line(
+            state_line(
                 "lock:shared",
                 b"reader-new",
-                0,
-                token_of("lock:shared", READER2),
-                hour,
-                "SHARED",
-                1,
+                &format!("s 0 1 {} {hour}", t("lock:shared", READER2)),
                 None,
             ),
+            true,
         ),
         (
             "permits on the read/write lock",
-            share_line("lock:shared", b"p-new", 3, tok, hour, "LIMIT", 5, None),
+            state_line(
+                "lock:shared",
+                b"p-new",
+                &format!("p 3 5 {tok} {hour}"),
+                None,
+            ),
+            true,
         ),
         (
             "permits over the limit",
-            share_line("lock:sem", b"p-new", 3, tok, hour, "LIMIT", 5, None),
+            state_line("lock:sem", b"p-new", &format!("p 3 5 {tok} {hour}"), None),
+            true,
         ),
         (
             "permits of another limit",
-            share_line("lock:sem", b"p-new", 1, tok, hour, "LIMIT", 6, None),
+            state_line("lock:sem", b"p-new", &format!("p 1 6 {tok} {hour}"), None),
+            true,
         ),
         (
             "a reader on the semaphore",
-            share_line("lock:sem", b"p-new", 0, tok, hour, "SHARED", 1, None),
+            state_line("lock:sem", b"p-new", &format!("s 0 1 {tok} {hour}"), None),
+            true,
         ),
         (
             "a permit holder's record over the limit",
-            share_line(
+            state_line(
                 "lock:sem",
                 PERMIT1,
-                5,
-                token_of("lock:sem", PERMIT1),
-                hour,
-                "LIMIT",
-                5,
+                &format!("p 5 5 {} {hour}", t("lock:sem", PERMIT1)),
                 None,
             ),
+            true,
         ),
         (
-            "a remembered reply without its id",
-            share_line(
+            "a permit holder with another holder's token",
+            state_line(
+                "lock:sem",
+                b"p-new",
+                &format!("p 1 5 {} {hour}", t("lock:sem", PERMIT2)),
+                None,
+            ),
+            true,
+        ),
+        (
+            "a remembered reply with an empty request id",
+            state_line(
                 "lock:idem",
                 IDEM,
-                1,
-                token_of("lock:idem", IDEM),
-                hour,
-                "SHARED",
-                0,
-                memo,
+                &format!("x 1 0 {} {hour} 3 ", t("lock:idem", IDEM)),
+                None,
             ),
+            false,
         ),
     ]
     .into_iter()
-    .map(|(n, l)| {
-        let by_arguments = n.contains("2^64-1") || n.contains("without its id");
-        (n.to_string(), l, !by_arguments)
-    })
+    .map(|(n, l, checked)| (n.to_string(), l, checked))
     .collect()
 }
 
-/// Valid `LOCK.APPLY` lines of the family forms and what they leave:
+/// Valid `LOCK.APPLY` lines of the state forms and what they leave:
 /// `good:shared` (two readers, one with a remembered request), `good:sem`
 /// (4 permits: p2 1, p3 1 after p1 was dropped), `good:down` (a downgrade:
-/// holds 2), `good:lower` (lowercase keywords), and `lock:sem` with
-/// `PERMIT2` holding 2 permits.
+/// holds 2), `good:lower` (a lowercase `drop`), `good:replace` (readers
+/// replaced by one `x` holder), and `lock:sem` with `PERMIT2` holding 2
+/// permits.
 fn valid_family_applies(now: u64, t: u64, token_of: &dyn Fn(&str, &[u8]) -> u64) -> Vec<u8> {
-    let hour = now + HOUR;
+    let d = now + HOUR;
+    let line = |k: &str, o: &[u8], s: String| state_line(k, o, &s, None);
     [
-        share_line("good:shared", b"r1", 0, t, hour, "SHARED", 2, None),
-        share_line(
+        line("good:shared", b"r1", format!("s 0 2 {t} {d}")),
+        // A request id is the rest of the state: any byte, spaces too.
+        line(
             "good:shared",
             b"r2",
-            0,
-            t + 1,
-            hour,
-            "SHARED",
-            1,
-            Some((b"req-9", 1)),
+            format!("s 0 1 {} {d} 1 {REPLICATED_ID}", t + 1),
         ),
-        share_line("good:sem", b"p1", 2, t + 2, hour, "LIMIT", 4, None),
-        share_line("good:sem", b"p2", 1, t + 3, hour, "LIMIT", 4, None),
-        share_line("good:sem", b"p3", 1, t + 4, hour, "LIMIT", 4, None),
+        line("good:sem", b"p1", format!("p 2 4 {} {d}", t + 2)),
+        line("good:sem", b"p2", format!("p 1 4 {} {d}", t + 3)),
+        line("good:sem", b"p3", format!("p 1 4 {} {d}", t + 4)),
         apply("good:sem", &[b"p1", b"DROP"]),
         apply("good:sem", &[b"ghost", b"DROP"]),
-        share_line("good:down", b"d", 1, t + 5, hour, "SHARED", 1, None),
-        share_line("good:lower", b"w", 0, t + 6, hour, "shared", 1, None),
-        share_line(
+        line("good:down", b"d", format!("x 1 1 {} {d}", t + 5)),
+        line("good:lower", b"w", format!("s 0 1 {} {d}", t + 6)),
+        line("good:lower", b"w2", format!("s 0 1 {} {d}", t + 7)),
+        apply("good:lower", &[b"w2", b"drop"]),
+        line("good:replace", b"r1", format!("s 0 1 {} {d}", t + 8)),
+        line("good:replace", b"r2", format!("s 0 1 {} {d}", t + 9)),
+        line("good:replace", b"w", format!("x 1 0 {} {d}", t + 10)),
+        line(
             "lock:sem",
             PERMIT2,
-            2,
-            token_of("lock:sem", PERMIT2),
-            hour,
-            "LIMIT",
-            5,
-            None,
+            format!("p 2 5 {} {d}", token_of("lock:sem", PERMIT2)),
         ),
     ]
     .concat()
@@ -1604,6 +1598,11 @@ fn family_after(
             InfoMode::Shared,
             vec![(b"w".to_vec(), 1, t + 6)],
         ),
+        (
+            "good:replace",
+            InfoMode::Exclusive,
+            vec![(b"w".to_vec(), 1, t + 10)],
+        ),
     ];
     for (k, mode, holders) in expect {
         match info(c, k) {
@@ -1634,7 +1633,7 @@ fn family_after(
                 .arg("good:shared")
                 .arg("r2")
                 .arg("ID")
-                .arg("req-9"),
+                .arg(REPLICATED_ID),
         )
     };
     if retry != Reply::Int(1) {
@@ -1873,14 +1872,10 @@ fn aof_with_hostile_lock_apply_lines_loads_only_the_valid_locks() {
             (now + HOUR).to_string().as_bytes(),
         ],
     ));
-    tail.extend(share_line(
+    tail.extend(state_line(
         "bad:multi",
         b"o",
-        9,
-        ok_token + 3,
-        now + HOUR,
-        "LIMIT",
-        3,
+        &format!("p 9 3 {} {}", ok_token + 3, now + HOUR),
         None,
     ));
     tail.extend(apply_line(

@@ -6,11 +6,11 @@
 //! `COUNT n`, `WAIT t` and `ID id` in any order, repeated, missing their
 //! value, mixed case), `LOCK.RENEW`, `LOCK.RELEASE` (`COUNT n`, `ID id`),
 //! `LOCK.FORCERELEASE` (with and without an owner), `LOCK.INFO` and every
-//! form of `LOCK.APPLY` (the first release's, `SHARED`, `LIMIT`, `DROP`,
-//! `ID`): random arity 0..=10 or the command's own shape with an argument
-//! dropped, added or replaced; binary and empty strings, huge, signed and
-//! malformed numbers (spaces, plus signs, leading zeros, exponents,
-//! full-width digits), 1024- and 1025-byte owners, 64- and 65-byte request
+//! form of `LOCK.APPLY` (the first release's, the `x`/`s`/`p` states with
+//! and without a request id, `DROP`): random arity 0..=10 or the command's
+//! own shape with an argument dropped, added or replaced; binary and empty
+//! strings, huge, signed and malformed numbers (spaces, plus signs, leading
+//! zeros, exponents, full-width digits), 1024- and 1025-byte owners, 64- and 65-byte request
 //! ids; keys that hold an exclusive lock, a shared one, a semaphore with a
 //! permit free and a full one, a remembered request, a string, a list, and
 //! nothing. Some vectors run inside `MULTI`/`EXEC` or a Lua script.
@@ -423,12 +423,21 @@ fn gen_vector(rng: &mut Rng, n: usize) -> Vector {
                     0 => a.push(mixed_case(rng, "DROP")),
                     1 => a.extend([number(rng), number(rng), number(rng)]),
                     _ => {
-                        a.extend([small_number(rng), number(rng), number(rng)]);
-                        let kind = *rng.pick(&["SHARED", "LIMIT"]);
-                        a.push(mixed_case(rng, kind));
-                        a.push(small_number(rng));
+                        // A state `kind n m token deadline [reply
+                        // request-id]`; now and then an argument more.
+                        let mut state =
+                            rng.pick(&["x", "s", "p", "q", "X", ""]).as_bytes().to_vec();
+                        for _ in 0..rng.range(3, 6) {
+                            state.push(b' ');
+                            state.extend(small_number(rng));
+                        }
                         if rng.percent(30) {
-                            a.extend([mixed_case(rng, "ID"), request_id(rng), number(rng)]);
+                            state.push(b' ');
+                            state.extend(request_id(rng));
+                        }
+                        a.push(state);
+                        if rng.percent(10) {
+                            a.push(request_id(rng));
                         }
                     }
                 }

@@ -1434,7 +1434,11 @@ fn check_accepted(
             st.shed
                 .insert((case.key.clone(), h.owner.clone()), until(h.ttl));
         }
-        if i.holders.iter().all(|h| h.ttl >= LONG_TTL_MS) {
+        // A pool lock must not change by itself: besides what is shown, the
+        // value holds no holder whose lease ended (the expiry timer removes
+        // those a moment later).
+        let stable = expected.is_some_and(|f| f.holders.len() == i.holders.len());
+        if stable && i.holders.iter().all(|h| h.ttl >= LONG_TTL_MS) {
             st.pool.push_back(case.key.clone());
             st.pool_info.insert(case.key.clone(), pool_lock(&i));
         }

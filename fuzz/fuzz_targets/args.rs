@@ -8,6 +8,9 @@
 #[path = "../../src/rules/args.rs"]
 mod args;
 #[allow(dead_code)]
+#[path = "../../src/rules/effect.rs"]
+mod effect;
+#[allow(dead_code)]
 #[path = "../../src/rules/lock.rs"]
 mod lock;
 
@@ -129,19 +132,25 @@ fuzz_target!(|data: &[u8]| {
                 assert!((1..=lock::MAX_HOLDS).contains(&n));
             }
         }
-        Ok(args::Apply::Share {
-            owner,
-            limit,
-            exclusive,
-            shared,
-            token,
-            deadline_ms,
-            memo,
-        }) => {
+        Ok(a @ args::Apply::Share { .. }) => {
+            let args::Apply::Share {
+                owner,
+                only,
+                limit,
+                exclusive,
+                shared,
+                token,
+                deadline_ms,
+                memo,
+            } = a
+            else {
+                unreachable!()
+            };
             assert!(owner_ok(owner));
             assert!(limit <= lock::MAX_PERMITS);
             if limit > 0 {
                 assert_eq!(exclusive, 0, "exclusive holds in a semaphore");
+                assert!(!only, "a semaphore holder as the whole value");
             }
             assert!(exclusive <= lock::MAX_HOLDS && shared <= lock::MAX_HOLDS);
             assert!(exclusive + shared >= 1);
@@ -151,6 +160,24 @@ fuzz_target!(|data: &[u8]| {
             if let Some((id, reply)) = memo {
                 assert!(id_ok(Some(id)) && reply <= lock::MAX_HOLDS);
             }
+            // The canonical state text parses back to the same effect.
+            let (kind, n, m) = match (limit, only) {
+                (0, true) => ('x', exclusive, shared),
+                (0, false) => ('s', exclusive, shared),
+                (l, _) => ('p', shared, u64::from(l)),
+            };
+            let mut state = format!("{kind} {n} {m} {token} {deadline_ms}").into_bytes();
+            if let Some((id, reply)) = memo {
+                state.extend(format!(" {reply} ").bytes());
+                state.extend_from_slice(id);
+            }
+            let canonical: Vec<&[u8]> = vec![b"k", owner, &state];
+            assert_eq!(
+                args::apply(&canonical),
+                Ok(a),
+                "the canonical state {:?}",
+                String::from_utf8_lossy(&state)
+            );
         }
         Ok(args::Apply::Drop { owner }) => assert!(owner_ok(owner)),
         Err(e) => check_err(&e),

@@ -1,8 +1,12 @@
 //! The value decoder: any bytes give a lock that obeys the rules of its kind
 //! or a refusal, never a panic; an accepted lock encodes (in the current
-//! encoding) back to itself.
+//! encoding) back to itself, and the replicated effect of each of its
+//! holders (`effect::state_of`) reads back as that holder.
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../../src/rules/effect.rs"]
+mod effect;
 #[allow(dead_code)]
 #[path = "../../src/rules/encoding.rs"]
 mod encoding;
@@ -78,6 +82,20 @@ fuzz_target!(|data: &[u8]| {
     if encver == encoding::ENCODING_V1 {
         let h = &l.holders[0];
         assert!(l.limit == 0 && l.holders.len() == 1 && h.shared == 0 && h.memo.is_none());
+    }
+    // Each holder's effect text reads back as that holder.
+    for (i, h) in l.holders.iter().enumerate() {
+        let text = effect::state_of(&l, i).expect("a holder's state");
+        let s = effect::parse_state(text.as_bytes()).expect("a state parses");
+        assert_eq!(s.shape(), (l.limit, h.exclusive, h.shared), "holder {i}");
+        assert_eq!((s.token, s.deadline_ms), (h.token, h.deadline_ms));
+        assert_eq!(s.memo, h.memo.as_ref().map(|m| (m.reply, m.id.as_slice())));
+        let kind = match (l.limit, l.holders.len()) {
+            (0, 1) => effect::Kind::Only,
+            (0, _) => effect::Kind::Shared,
+            _ => effect::Kind::Permits,
+        };
+        assert_eq!(s.kind, kind);
     }
     // What was accepted reads back the same in the current encoding, and
     // takes exactly the bytes written.

@@ -5,11 +5,13 @@
 //! - Redis's CRC64 (Jones polynomial, reflected, init 0) for `RESTORE`
 //!   payloads and RDB files;
 //! - the RDB encodings of a `fencelock` value (length encodings, strings,
-//!   module opcodes) to build, take apart and re-assemble values, and a
-//!   model of how Redis 7.0 plus the module rules read a payload (the
-//!   oracle the fuzzers compare the server with);
+//!   module opcodes; the value's encodings 1 and 2, [`LockFields`]) to
+//!   build, take apart and re-assemble values, and a model of how Redis 7.0
+//!   plus the module rules read a payload and what `LOCK.INFO` must then
+//!   show (the oracle the fuzzers compare the server with);
 //! - a raw RESP2 connection that pipelines binary commands and returns
-//!   error replies as values;
+//!   error replies as values; `LOCK.INFO` in its three shapes
+//!   ([`parse_lock_info`]) and the documented error replies;
 //! - a `redis-server` process started on a directory the test prepared,
 //!   whose exit status, log and standard output can be inspected (for
 //!   files that must make it exit), and the log's crash signatures.
@@ -993,7 +995,8 @@ pub fn lock_rules(f: LockFields, now_ms: u64, max_token: u64) -> Verdict {
         if h.owner.is_empty() || h.owner.len() > MAX_OWNER {
             return refuse(format!("owner of {} bytes", h.owner.len()));
         }
-        if h.exclusive > MAX_HOLDS || h.shared > MAX_HOLDS || h.exclusive == 0 && h.shared == 0 {
+        let total = h.exclusive.checked_add(h.shared);
+        if !total.is_some_and(|t| (1..=MAX_HOLDS).contains(&t)) {
             return refuse(format!("holds {} + {}", h.exclusive, h.shared));
         }
         if h.token == 0 || h.token > max_token {
