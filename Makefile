@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 MODULE := target/release/libfencelock.so
 
-.PHONY: setup build run test test-unit test-integration lint bench bench-quick clean
+.PHONY: setup build run test test-unit test-integration test-python lint bench bench-quick clean
 
 # Installs what the build and the tests need (redis-server, redis-tools,
 # redis-sentinel, libclang-dev), skipping what is already there.
@@ -21,6 +21,15 @@ run: build
 # redis-server processes (single servers, replicas, Sentinel, Cluster).
 test: build lint
 	$(CARGO) test --workspace --all-targets --no-fail-fast -- --test-threads=2
+	$(MAKE) --no-print-directory test-python
+
+# The Python client (clients/python): a virtual environment in
+# clients/python/.venv with the package and its pinned test extras, then
+# ruff, mypy --strict and its pytest suite against real redis-server
+# processes with the module.
+test-python: build
+	@bash scripts/setup.sh python
+	cd clients/python && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/pytest
 
 lint: setup
 	$(CARGO) fmt --all -- --check
@@ -31,6 +40,8 @@ test-unit: setup
 
 bench: build
 	$(CARGO) run --release -p fencelock-bench -- --full
+	@bash scripts/setup.sh python
+	clients/python/.venv/bin/python clients/python/bench/contention.py
 
 bench-quick: build
 	$(CARGO) run --release -p fencelock-bench -- --quick

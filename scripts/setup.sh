@@ -11,6 +11,11 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+# The Python client's virtual environment (below) needs venv and ensurepip,
+# which Debian's own python3 ships separately.
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
@@ -28,3 +33,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO service redis-sentinel stop >/dev/null 2>&1 || true
 fi
 python3 -c 'import redis' 2>/dev/null || python3 -m pip install --quiet redis || python3 -m pip install --quiet --break-system-packages redis  # redis-py, for client/tests/other_languages.rs
+
+# `scripts/setup.sh python` (make test-python, make bench): the Python
+# client's virtual environment, clients/python/.venv (git-ignored), with the
+# package and the pinned versions of its test and bench extras from PyPI;
+# reinstalled only when clients/python/pyproject.toml changes.
+if [ "${1:-}" = "python" ]; then
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  venv="$root/clients/python/.venv"
+  stamp="$venv/.installed-$(sha1sum "$root/clients/python/pyproject.toml" | cut -c1-12)"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv" >&2
+    python3 -m venv "$venv"
+  fi
+  if [ ! -f "$stamp" ]; then
+    echo "setup: installing the Python client with its test and bench extras" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root/clients/python[test,bench]"
+    rm -f "$venv"/.installed-*
+    touch "$stamp"
+  fi
+fi
