@@ -5,8 +5,9 @@
 //!   (`n` exclusive and `m` shared holds) — the value is replaced;
 //! - `s n m ...`: this owner's share of a read/write lock (others stay);
 //! - `p n m ...`: this owner's `n` permits of a semaphore of `m`;
-//! - `reply id`: the owner's last request and what it answered; the id is
-//!   the rest of the argument, as sent (it may hold any byte, spaces too).
+//! - `reply id`: the owner's last request and what it answered (`=`: the
+//!   token, what an acquire answers); the id is the rest of the argument,
+//!   as sent (it may hold any byte, spaces too).
 //!
 //! One argument instead of five: every argument of `RedisModule_Replicate`
 //! is an object Redis creates, formats and frees, which made up half the
@@ -99,11 +100,25 @@ pub fn state_of(lock: &Lock, i: usize) -> Option<StateText> {
         text.number(v);
     }
     if let Some(memo) = &h.memo {
-        text.number(memo.reply);
+        if memo.reply == h.token {
+            // An acquire's reply is the token: `=` says so in one byte.
+            text.push(b" =");
+        } else {
+            text.number(memo.reply);
+        }
         text.push(b" ");
         text.push(&memo.id);
     }
     Some(text)
+}
+
+/// A decimal field: digits only, at most 2^63 − 1.
+fn number(p: &[u8]) -> Option<u64> {
+    if p.is_empty() || p.len() > 20 || !p.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v: u64 = std::str::from_utf8(p).ok()?.parse().ok()?;
+    (v <= MAX_HOLDS).then_some(v)
 }
 
 /// Parses a state argument; `None` when it is not one. Numbers are checked
@@ -117,20 +132,14 @@ pub fn parse_state(raw: &[u8]) -> Option<State<'_>> {
         b"p" => Kind::Permits,
         _ => return None,
     };
-    let mut num = || -> Option<Option<u64>> {
-        match parts.next() {
-            None => Some(None),
-            Some(p) => {
-                if p.is_empty() || p.len() > 20 || !p.iter().all(u8::is_ascii_digit) {
-                    return None;
-                }
-                let v: u64 = std::str::from_utf8(p).ok()?.parse().ok()?;
-                (v <= MAX_HOLDS).then_some(Some(v))
-            }
-        }
+    let mut num = || parts.next().and_then(number);
+    let (n, m, token, deadline_ms) = (num()?, num()?, num()?, num()?);
+    let reply = match parts.next() {
+        None => None,
+        Some(b"=") => Some(token),
+        Some(p) => Some(number(p)?),
     };
-    let (n, m, token, deadline_ms) = (num()??, num()??, num()??, num()??);
-    let memo = match num()? {
+    let memo = match reply {
         None => None,
         Some(reply) => {
             let id = parts.next()?;
@@ -169,7 +178,13 @@ mod tests {
         let mut l = Lock::grant(b"w", Want::Exclusive, 77, 0, 5000);
         assert_eq!(text(&l, 0), "x 1 0 77 5000");
         l.holders[0].remember(Some(b"r 1"), 77);
-        assert_eq!(text(&l, 0), "x 1 0 77 5000 77 r 1");
+        assert_eq!(text(&l, 0), "x 1 0 77 5000 = r 1");
+        assert_eq!(
+            parse_state(b"x 1 0 77 5000 = r 1").and_then(|s| s.memo),
+            Some((77, &b"r 1"[..]))
+        );
+        l.holders[0].remember(Some(b"r2"), 3);
+        assert_eq!(text(&l, 0), "x 1 0 77 5000 3 r2");
         let mut r = Lock::grant(b"a", Want::Shared, 1, 0, 10);
         r.add(b"b", Want::Shared, 2, 0, 20);
         assert_eq!(text(&r, 1), "s 0 1 2 20");
