@@ -131,18 +131,23 @@ class Server:
 
     @staticmethod
     def _pings(r: redis.Redis) -> bool:
+        # Anything that goes wrong before the server answers PING means "not
+        # ready yet" (redis-py can also fail outside RedisError while a
+        # server is starting, e.g. on a half-made HELLO reply).
         try:
             return bool(r.ping())
-        except redis.exceptions.RedisError:
+        except Exception:
             return False
 
     def admin(self, **kwargs: Any) -> redis.Redis:
         """A plain redis-py client for the test's own checks (no retries)."""
-        return redis.Redis(port=self.port, retry=no_retry(), socket_timeout=PATIENCE, **kwargs)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, retry=no_retry(), socket_timeout=PATIENCE, **kwargs
+        )
 
     def redis(self, **kwargs: Any) -> redis.Redis:
         """What an application would pass to ``fencelock.Client``."""
-        return redis.Redis(port=self.port, **kwargs)
+        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
 
     def lock_info(self) -> dict[str, int]:
         """``INFO lock`` as numbers."""
