@@ -1038,6 +1038,11 @@ fn gen_any_case(st: &mut State, n: usize, now: u64) -> Case {
     let mode = match rng.below(100) {
         0..=7 if !st.pool.is_empty() => {
             let k = st.pool[rng.index(st.pool.len())].clone();
+            // Out of the pool while its case is in flight: a second case of
+            // the same batch must not target it (an accepted first one could
+            // leave a short holder there, whose expiry would then show up as
+            // a change in the second one). A refused replacement puts it back.
+            st.pool.retain(|x| x != &k);
             Mode::Replace(k)
         }
         8..=11 => Mode::PastAbsTtl,
@@ -1312,6 +1317,12 @@ fn check_case(st: &mut State, case: &Case, r: &[Reply], t_before: u64, t_after: 
             );
         } else if matches!(case.mode, Mode::Replace(_)) {
             st.counts.replace_refused_kept_old += 1;
+        }
+        if let Mode::Replace(k) = &case.mode {
+            // Still the old pool lock (or, if it changed, reported above).
+            if st.pool_info.contains_key(k) && !st.pool.contains(k) {
+                st.pool.push_back(k.clone());
+            }
         }
     } else {
         // A refused replacement keeps its pool entry; an accepted one does not.
