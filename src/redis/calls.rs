@@ -342,9 +342,9 @@ pub(super) fn emit_apply(
             continue;
         };
         let state = state.as_bytes();
-        // SAFETY: `aof`, `key`: the running `aof_rewrite` callback's
-        // arguments; each pointer matches its letter of "sbb" (the key, the
-        // owner buffer, the state buffer) and outlives the call.
+        // The key, the owner buffer and the state buffer, for "sbb".
+        // SAFETY: the running `aof_rewrite` callback's arguments; each
+        // pointer matches its format letter and outlives the call.
         unsafe {
             emit(
                 aof,
@@ -401,9 +401,9 @@ pub fn replicate_share(ctx: &Context, key: &RedisString, lock: &Lock, i: usize) 
         return;
     };
     let state = state.as_bytes();
-    // SAFETY: `ctx.ctx` is the running callback's context and `key.inner` a
-    // live string; every argument matches its letter of "sbb" (key, owner
-    // buffer, state buffer); Redis copies the buffers.
+    // Key, owner buffer and state buffer for "sbb"; Redis copies the buffers.
+    // SAFETY: the running callback's live context and key; every argument
+    // matches its format letter.
     unsafe {
         replicate(
             ctx.ctx,
