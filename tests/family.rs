@@ -20,7 +20,9 @@ use testkit::family::{
     try_release_count, Holder, Info, Kind, COUNT_ERROR, LIMIT_ERROR, NOT_A_SEMAPHORE, SYNTAX_ERROR,
     UPGRADE_ERROR,
 };
-use testkit::lock::{acquire, exists, force_release, release, renew, stat, wait_gone};
+use testkit::lock::{
+    acquire, exists, force_release, release, renew, stat, wait_expired, wait_gone,
+};
 use testkit::timing::{before, lease_ms};
 use testkit::{dbsize, until_conclusive, wait_for, Server, PATIENCE};
 
@@ -495,9 +497,7 @@ fn each_reader_expires_on_its_own_and_is_announced_once() {
     let long = acquire_shared(&mut c, "k", "long", 600_000).unwrap();
     let short = grant_timed(&mut c, "k", "short", 300, Kind::Shared);
     family::expect_holder_expiry(&mut c, &[("short", &short)]);
-    wait_for("the expiry to be counted", PATIENCE, || {
-        (stat(&mut c, "expired") == 1).then_some(())
-    });
+    wait_expired(&mut c, 1);
     assert_eq!(
         family::held(&mut c, "k"),
         [("long".into(), 1, long)],
@@ -533,9 +533,7 @@ fn each_permit_holder_expires_on_its_own() {
         (3, 2, vec![("long".into(), 1, long)]),
         "its permits are free again"
     );
-    wait_for("the expiry to be counted", PATIENCE, || {
-        (stat(&mut c, "expired") == 1).then_some(())
-    });
+    wait_expired(&mut c, 1);
     acquire_permits(&mut c, "s", "next", 60_000, 3, 2).expect("the freed permits");
 }
 

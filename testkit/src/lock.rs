@@ -128,6 +128,17 @@ pub fn stat(c: &mut redis::Connection, field: &str) -> i64 {
     crate::info_int(c, "lock", &format!("lock_{field}"))
 }
 
+/// Waits until `INFO lock` counts `n` expiries, then checks it counts no
+/// more. A lease that has passed is hidden from every read at once, but the
+/// expiry timer removes it (and counts it) a moment later: a test that saw
+/// a holder vanish from `LOCK.INFO` must wait for the count.
+pub fn wait_expired(c: &mut redis::Connection, n: i64) {
+    wait_for(&format!("{n} expiries to be counted"), PATIENCE, || {
+        (stat(c, "expired") >= n).then_some(())
+    });
+    assert_eq!(stat(c, "expired"), n, "expiries counted");
+}
+
 /// Waits until `INFO lock` counts `n` waiting clients on the server.
 pub fn wait_waiters(c: &mut redis::Connection, n: i64) {
     wait_for(&format!("{n} waiter(s)"), PATIENCE, || {
