@@ -4,7 +4,7 @@
 # already there, and runs `apt-get update` at most once.
 set -euo pipefail
 
-packages=(redis-server redis-tools redis-sentinel libclang-dev)
+packages=(redis-server redis-tools redis-sentinel libclang-dev faketime)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -11,6 +11,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod clock;
 pub mod cluster;
 pub mod family;
 pub mod fixtures;
@@ -97,6 +98,9 @@ pub struct ServerConfig {
     pub module: bool,
     /// Extra `--name value` arguments (config directives).
     pub args: Vec<(String, String)>,
+    /// Extra environment variables of the server process (kept across
+    /// restarts), e.g. a shifted wall clock from [`clock::ClockStep`].
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +108,7 @@ impl Default for ServerConfig {
         Self {
             module: true,
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -112,6 +117,12 @@ impl ServerConfig {
     /// Adds a config directive, e.g. `.arg("appendonly", "yes")`.
     pub fn arg(mut self, name: &str, value: &str) -> Self {
         self.args.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets an environment variable of the server process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -207,6 +218,7 @@ impl Server {
     fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(self.command_line())
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

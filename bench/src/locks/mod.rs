@@ -618,7 +618,7 @@ mod tests {
     fn plain_server() -> testkit::Server {
         testkit::ServerConfig {
             module: false,
-            args: Vec::new(),
+            ..Default::default()
         }
         .start()
     }
