@@ -79,7 +79,8 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         let Some(lock) = current else {
             // A free key: the first grant sets its kind.
-            let (token, others_wait) = state::with(|s| (s.tokens.next(now), !s.queues.is_empty()));
+            let wall = state::wall_now_ms();
+            let (token, others_wait) = state::with(|s| (s.tokens.next(wall), !s.queues.is_empty()));
             let token = token.map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
             let mut lock = Lock::grant(req.owner, req.want, token, now, req.ttl_ms);
             if let Some(h) = lock.holders.first_mut() {
@@ -95,7 +96,8 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         };
         match lock.admit(req.owner, req.want, key.waiters() == 0) {
             Admit::Fresh => {
-                let token = state::with(|s| s.tokens.next(now))
+                let wall = state::wall_now_ms();
+                let token = state::with(|s| s.tokens.next(wall))
                     .map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
                 let i = lock.add(req.owner, req.want, token, now, req.ttl_ms);
                 if let Some(h) = lock.holders.get_mut(i) {
@@ -248,6 +250,8 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
     let (name, req) = parsed(&args, args::apply)?;
     let now = now_ms();
+    // The stream's deadlines are wall-clock times (`rules::clock`).
+    let wall = state::wall_offset();
     // The stream is checked like any other input: a value the commands
     // could never have produced is refused, and nothing changes.
     let refused = |why: crate::rules::lock::InvalidLock| {
@@ -271,6 +275,7 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             token,
             deadline_ms,
         } => {
+            let deadline_ms = wall.to_lease(deadline_ms);
             let lock = Lock::from_loaded(LoadedFrom::Server, owner, holds, token, deadline_ms, now)
                 .map_err(refused)?;
             state::with(|s| s.tokens.observe(token));
@@ -292,7 +297,7 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 exclusive,
                 shared,
                 token,
-                deadline_ms,
+                wall.to_lease(deadline_ms),
                 memo,
                 now,
             )

@@ -29,7 +29,7 @@ pub fn load(rdb: &mut RdbReader, encver: i32) -> Result<Lock, DecodeError> {
     } else {
         LoadedFrom::Restore
     };
-    let lock = encoding::decode(rdb, encver, from, now_ms())?;
+    let lock = encoding::decode(rdb, encver, from, now_ms(), state::wall_offset())?;
     state::with(|s| {
         for h in &lock.holders {
             s.tokens.observe(h.token);
@@ -41,7 +41,7 @@ pub fn load(rdb: &mut RdbReader, encver: i32) -> Result<Lock, DecodeError> {
 
 /// Writes one lock (`rdb_save`) in the current encoding.
 pub fn save(rdb: &mut RdbWriter, lock: &Lock) {
-    encoding::encode(lock, rdb);
+    encoding::encode(lock, rdb, state::wall_offset());
 }
 
 impl FieldSink for RdbWriter {

@@ -140,6 +140,16 @@ fn arm_sweep_timer(ctx: &Context) {
     state::with(|s| s.sweep_timer = id);
 }
 
+/// Re-arms an armed sweep timer at once (the wall clock was stepped: see
+/// `expiry::on_cron`).
+pub fn rearm_sweep_timer(ctx: &Context) {
+    let Some(old) = state::with(|s| s.sweep_timer.take()) else {
+        return;
+    };
+    calls::stop_timer(ctx, old);
+    arm_sweep_timer(ctx);
+}
+
 /// The sweep timer: for every key whose lock may have vanished under its
 /// waiters, hand the free name to the first waiter, or answer the waiters
 /// with WRONGTYPE if the name now holds another type.

@@ -137,7 +137,7 @@ impl<'a> LockKey<'a> {
             }
             Some(_) => {}
         });
-        calls::replicate_share(self.ctx, self.name, lock, i);
+        calls::replicate_share(self.ctx, self.name, lock, i, state::wall_offset());
         if before.is_none() {
             self.notify(c"lock.acquire");
         }
@@ -198,7 +198,7 @@ impl<'a> LockKey<'a> {
             };
             state::with(|s| {
                 let State { queues, tokens, .. } = s;
-                queues.serve(self.db, self.name(), lock, tokens, now_ms)
+                queues.serve(self.db, self.name(), lock, tokens, state::now_with(now_ms))
             })
         };
         for w in &service.timed_out {

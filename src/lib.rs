@@ -62,6 +62,7 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
             return Status::Err;
         }
     }
+    state::start_clock();
     events::init_role(ctx);
     ctx.log_notice("fencelock: loaded");
     Status::Ok

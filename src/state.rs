@@ -11,11 +11,12 @@
 use std::collections::{HashMap, HashSet};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redis_module::raw;
 
+use crate::rules::clock::{self, Now, WallOffset};
 use crate::rules::lock::TokenGenerator;
 use crate::rules::queue::{QueueKey, WaitQueues};
 use crate::rules::schedule::Schedule;
@@ -53,6 +54,9 @@ pub struct State {
     /// A lease was tracked that the expiry timer, as armed, would fire
     /// after (or no timer is armed).
     pub arm_needed: bool,
+    /// The wall clock's offset from the lease clock at the last cron run
+    /// (a change means the wall clock was stepped: see `expiry::on_cron`).
+    pub seen_offset: WallOffset,
 }
 
 impl State {
@@ -95,12 +99,55 @@ pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
     f(guard.get_or_insert_with(State::default))
 }
 
-/// Wall-clock time, Unix milliseconds (the clock leases are measured on).
-pub fn now_ms() -> u64 {
+/// The wall clock, nanoseconds since the Unix epoch.
+fn wall_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// The lease clock's anchor: the wall clock and the monotonic clock, read
+/// together once (see `rules::clock`).
+static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
+
+/// The lease clock, nanoseconds: monotonic, anchored to the wall clock.
+fn lease_ns() -> u64 {
+    let (wall, mono) = ANCHOR.get_or_init(|| (wall_ns(), Instant::now()));
+    let elapsed = u64::try_from(mono.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    wall.saturating_add(elapsed)
+}
+
+/// The lease clock in milliseconds: what every deadline on this server is
+/// measured on (a step of the wall clock does not move it).
+pub fn now_ms() -> u64 {
+    lease_ns() / 1_000_000
+}
+
+/// The wall clock in milliseconds: the clock part of fencing tokens.
+pub fn wall_now_ms() -> u64 {
+    wall_ns() / 1_000_000
+}
+
+/// Both clocks, with the lease clock at `lease_ms` (read just before).
+pub fn now_with(lease_ms: u64) -> Now {
+    Now {
+        lease_ms,
+        wall_ms: wall_now_ms(),
+    }
+}
+
+/// Wall clock minus lease clock now: converts the deadlines that leave or
+/// enter the server (RDB, AOF, replication, RESTORE, digests).
+pub fn wall_offset() -> WallOffset {
+    let lease = lease_ns();
+    clock::offset_of(wall_ns(), lease)
+}
+
+/// Starts the lease clock (module load), so its anchor is taken before any
+/// lease exists.
+pub fn start_clock() {
+    let _ = lease_ns();
 }
 
 /// True while Redis loads an RDB or AOF (or a full resync).

@@ -5,6 +5,9 @@
 #![no_main]
 
 #[allow(dead_code)]
+#[path = "../../src/rules/clock.rs"]
+mod clock;
+#[allow(dead_code)]
 #[path = "../../src/rules/effect.rs"]
 mod effect;
 #[allow(dead_code)]
@@ -18,6 +21,8 @@ use encoding::{FieldSource, SliceSource, VecSink};
 use libfuzzer_sys::fuzz_target;
 
 const NOW_MS: u64 = 1_800_000_000_000;
+/// The wall clock never stepped (deadlines read as written).
+const NO_STEP: clock::WallOffset = clock::WallOffset(0);
 
 /// Every rule a loaded value must obey (docs/INTERFACE.md, "The lock
 /// family" and "Loaded values"), checked independently of `Lock::check`.
@@ -68,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         lock::LoadedFrom::Server
     };
-    let Ok(l) = encoding::decode(&mut SliceSource(body), encver, from, NOW_MS) else {
+    let Ok(l) = encoding::decode(&mut SliceSource(body), encver, from, NOW_MS, NO_STEP) else {
         if let Ok(last) = encoding::decode_aux(&mut SliceSource(body), encver) {
             assert!(last <= lock::MAX_TOKEN);
         }
@@ -85,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // Each holder's effect text reads back as that holder.
     for (i, h) in l.holders.iter().enumerate() {
-        let text = effect::state_of(&l, i).expect("a holder's state");
+        let text = effect::state_of(&l, i, NO_STEP).expect("a holder's state");
         let s = effect::parse_state(text.as_bytes()).expect("a state parses");
         assert_eq!(s.shape(), (l.limit, h.exclusive, h.shared), "holder {i}");
         assert_eq!((s.token, s.deadline_ms), (h.token, h.deadline_ms));
@@ -100,10 +105,10 @@ fuzz_target!(|data: &[u8]| {
     // What was accepted reads back the same in the current encoding, and
     // takes exactly the bytes written.
     let mut sink = VecSink::default();
-    encoding::encode(&l, &mut sink);
+    encoding::encode(&l, &mut sink, NO_STEP);
     let mut again = SliceSource(&sink.0);
     assert_eq!(
-        encoding::decode(&mut again, encoding::ENCODING_VERSION, from, NOW_MS),
+        encoding::decode(&mut again, encoding::ENCODING_VERSION, from, NOW_MS, NO_STEP),
         Ok(l)
     );
     assert_eq!(again.u64(), None, "nothing left over");

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use redis_module::{raw, Context, RedisString};
 
+use crate::rules::clock::WallOffset;
 use crate::rules::effect;
 use crate::rules::encoding::FieldSource;
 use crate::rules::lock::{Lock, Mode};
@@ -332,13 +333,14 @@ pub(super) fn emit_apply(
     aof: *mut raw::RedisModuleIO,
     key: *mut raw::RedisModuleString,
     lock: &Lock,
+    wall: WallOffset,
 ) {
     // SAFETY: reading a function pointer Redis filled in at module load.
     let Some(emit) = (unsafe { raw::RedisModule_EmitAOF }) else {
         return;
     };
     for (i, h) in lock.holders.iter().enumerate() {
-        let Some(state) = effect::state_of(lock, i) else {
+        let Some(state) = effect::state_of(lock, i, wall) else {
             continue;
         };
         let state = state.as_bytes();
@@ -360,8 +362,9 @@ pub(super) fn emit_apply(
     }
 }
 
-/// Feeds a lock to `DEBUG DIGEST-VALUE`.
-pub(super) fn digest_lock(md: *mut raw::RedisModuleDigest, lock: &Lock) {
+/// Feeds a lock to `DEBUG DIGEST-VALUE`, its deadlines on the wall clock
+/// (as the RDB has them, so servers compare equal whatever their steps).
+pub(super) fn digest_lock(md: *mut raw::RedisModuleDigest, lock: &Lock, wall: WallOffset) {
     // SAFETY: reading function pointers Redis filled in at module load.
     let (Some(add_buf), Some(add_ll), Some(end)) = (unsafe {
         (
@@ -381,7 +384,7 @@ pub(super) fn digest_lock(md: *mut raw::RedisModuleDigest, lock: &Lock) {
             add_ll(md, as_i64(h.exclusive));
             add_ll(md, as_i64(h.shared));
             add_ll(md, as_i64(h.token));
-            add_ll(md, as_i64(h.deadline_ms));
+            add_ll(md, as_i64(wall.to_wall(h.deadline_ms)));
         }
         end(md);
     }
@@ -392,12 +395,12 @@ pub(super) fn digest_lock(md: *mut raw::RedisModuleDigest, lock: &Lock) {
 /// Replicates the share of the holder at `i` as its effect, with absolute
 /// deadline and token: `LOCK.APPLY key owner state` (`rules::effect`), three
 /// arguments that Redis only copies.
-pub fn replicate_share(ctx: &Context, key: &RedisString, lock: &Lock, i: usize) {
+pub fn replicate_share(ctx: &Context, key: &RedisString, lock: &Lock, i: usize, wall: WallOffset) {
     // SAFETY: reading a function pointer Redis filled in at module load.
     let Some(replicate) = (unsafe { raw::RedisModule_Replicate }) else {
         return;
     };
-    let (Some(h), Some(state)) = (lock.holders.get(i), effect::state_of(lock, i)) else {
+    let (Some(h), Some(state)) = (lock.holders.get(i), effect::state_of(lock, i, wall)) else {
         return;
     };
     let state = state.as_bytes();

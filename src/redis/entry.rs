@@ -12,7 +12,7 @@ use redis_module::{raw, Context, InfoContext};
 use super::calls::{self, RdbReader, RdbWriter, ERR, OK};
 use super::string_bytes;
 use crate::rules::lock::Lock;
-use crate::{datatype, events, metrics, state};
+use crate::{datatype, events, expiry, metrics, state};
 
 // ------------------------------------------------------------- the data type
 
@@ -120,7 +120,7 @@ extern "C" fn aof_rewrite(
 ) {
     // SAFETY: Redis hands this callback a value of the lock type.
     if let Some(lock) = unsafe { lock_at(value) } {
-        calls::emit_apply(aof, key, lock);
+        calls::emit_apply(aof, key, lock, state::wall_offset());
     }
 }
 
@@ -132,7 +132,7 @@ extern "C" fn mem_usage(value: *const c_void) -> usize {
 extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
     // SAFETY: Redis hands this callback a value of the lock type.
     if let Some(lock) = unsafe { lock_at(value) } {
-        calls::digest_lock(md, lock);
+        calls::digest_lock(md, lock, state::wall_offset());
     }
 }
 
@@ -239,6 +239,15 @@ extern "C" fn on_swapdb(
     events::on_swapdb(&Context::new(ctx), info.dbnum_first, info.dbnum_second);
 }
 
+extern "C" fn on_cron(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    _sub: u64,
+    _data: *mut c_void,
+) {
+    expiry::on_cron(&Context::new(ctx));
+}
+
 extern "C" fn on_info(ictx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
     metrics::write_info(&InfoContext::new(ictx));
 }
@@ -255,7 +264,7 @@ pub fn register(ctx: &Context) -> bool {
     }) else {
         return false;
     };
-    let events: [(u64, raw::RedisModuleEventCallback); 4] = [
+    let events: [(u64, raw::RedisModuleEventCallback); 5] = [
         (
             raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
             Some(on_role_changed),
@@ -263,6 +272,7 @@ pub fn register(ctx: &Context) -> bool {
         (raw::REDISMODULE_EVENT_LOADING, Some(on_loading)),
         (raw::REDISMODULE_EVENT_FLUSHDB, Some(on_flush)),
         (raw::REDISMODULE_EVENT_SWAPDB, Some(on_swapdb)),
+        (raw::REDISMODULE_EVENT_CRON_LOOP, Some(on_cron)),
     ];
     let subscribed = events.into_iter().all(|(id, cb)| {
         let event = raw::RedisModuleEvent { id, dataver: 1 };

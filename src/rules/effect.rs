@@ -14,6 +14,7 @@
 //! cost of a grant. (The first release's `LOCK.APPLY key owner holds token
 //! deadline-ms` and `LOCK.APPLY key owner DROP` are parsed in `args`.)
 
+use super::clock::WallOffset;
 use super::lock::{Holder, Lock, Mode, MAX_HOLDS, MAX_PERMITS, MAX_REQUEST_ID_LEN};
 
 /// What a state argument says.
@@ -83,8 +84,9 @@ impl StateText {
     }
 }
 
-/// The state argument that carries the holder at `i` of `lock`.
-pub fn state_of(lock: &Lock, i: usize) -> Option<StateText> {
+/// The state argument that carries the holder at `i` of `lock`, its
+/// deadline on the wall clock (`wall`: see `rules::clock`).
+pub fn state_of(lock: &Lock, i: usize, wall: WallOffset) -> Option<StateText> {
     let h: &Holder = lock.holders.get(i)?;
     let (kind, n, m) = match lock.mode() {
         Mode::Semaphore => (b'p', h.shared, u64::from(lock.limit)),
@@ -96,7 +98,7 @@ pub fn state_of(lock: &Lock, i: usize) -> Option<StateText> {
         len: 0,
     };
     text.push(&[kind]);
-    for v in [n, m, h.token, h.deadline_ms] {
+    for v in [n, m, h.token, wall.to_wall(h.deadline_ms)] {
         text.number(v);
     }
     if let Some(memo) = &h.memo {
@@ -169,8 +171,10 @@ mod tests {
     use crate::rules::lock::Want;
 
     fn text(lock: &Lock, i: usize) -> String {
-        String::from_utf8(state_of(lock, i).map_or(Vec::new(), |t| t.as_bytes().to_vec()))
-            .unwrap_or_default()
+        String::from_utf8(
+            state_of(lock, i, WallOffset(0)).map_or(Vec::new(), |t| t.as_bytes().to_vec()),
+        )
+        .unwrap_or_default()
     }
 
     #[test]
@@ -190,7 +194,7 @@ mod tests {
         assert_eq!(text(&r, 1), "s 0 1 2 20");
         let s = Lock::grant(b"a", Want::Permits { limit: 9, count: 4 }, 3, 0, 30);
         assert_eq!(text(&s, 0), "p 4 9 3 30");
-        assert!(state_of(&s, 1).is_none());
+        assert!(state_of(&s, 1, WallOffset(0)).is_none());
         let max = Lock {
             limit: 0,
             holders: smallvec::smallvec![Holder {
@@ -205,7 +209,7 @@ mod tests {
         let mut full = max.clone();
         let id = [b' '; MAX_REQUEST_ID_LEN];
         full.holders[0].remember(Some(&id), MAX_HOLDS);
-        let t = state_of(&full, 0)
+        let t = state_of(&full, 0, WallOffset(0))
             .map(|t| t.as_bytes().to_vec())
             .unwrap_or_default();
         assert!(t.len() <= MAX_STATE_LEN);

@@ -15,6 +15,7 @@
 //! A newer version than this build knows is refused, so an older build
 //! never misreads a newer file.
 
+use super::clock::WallOffset;
 use super::lock::{FencingToken, Holder, InvalidLock, LoadedFrom, Lock, MAX_HOLDERS, MAX_TOKEN};
 
 /// Current encoding version of a lock value.
@@ -56,19 +57,21 @@ impl std::fmt::Display for DecodeError {
 }
 
 /// Reads one lock value of encoding `encver` and checks it (see
-/// [`Holder::from_loaded`] and [`Lock::check`]).
+/// [`Holder::from_loaded`] and [`Lock::check`]). The value's deadlines are
+/// wall-clock times; `wall` turns them into lease-clock ones (`now_ms`).
 pub fn decode(
     src: &mut impl FieldSource,
     encver: i32,
     from: LoadedFrom,
     now_ms: u64,
+    wall: WallOffset,
 ) -> Result<Lock, DecodeError> {
     match encver {
         ENCODING_V1 => {
             let owner = src.bytes().ok_or(DecodeError::ShortRead)?;
             let holds = src.u64().ok_or(DecodeError::ShortRead)?;
             let token = src.u64().ok_or(DecodeError::ShortRead)?;
-            let deadline_ms = src.u64().ok_or(DecodeError::ShortRead)?;
+            let deadline_ms = wall.to_lease(src.u64().ok_or(DecodeError::ShortRead)?);
             Lock::from_loaded(from, &owner, holds, token, deadline_ms, now_ms)
                 .map_err(DecodeError::Invalid)
         }
@@ -89,7 +92,7 @@ pub fn decode(
                 let exclusive = src.u64().ok_or(DecodeError::ShortRead)?;
                 let shared = src.u64().ok_or(DecodeError::ShortRead)?;
                 let token = src.u64().ok_or(DecodeError::ShortRead)?;
-                let deadline_ms = src.u64().ok_or(DecodeError::ShortRead)?;
+                let deadline_ms = wall.to_lease(src.u64().ok_or(DecodeError::ShortRead)?);
                 let id = src.bytes().ok_or(DecodeError::ShortRead)?;
                 let reply = src.u64().ok_or(DecodeError::ShortRead)?;
                 let memo = match (id.is_empty(), reply) {
@@ -141,8 +144,8 @@ pub trait FieldSink {
 }
 
 /// Writes a value in the current encoding, the fields in the order
-/// [`decode`] reads them.
-pub fn encode(lock: &Lock, out: &mut impl FieldSink) {
+/// [`decode`] reads them; `wall` turns the deadlines into wall-clock times.
+pub fn encode(lock: &Lock, out: &mut impl FieldSink, wall: WallOffset) {
     out.u64(u64::from(lock.limit));
     out.u64(lock.holders.len() as u64);
     for h in &lock.holders {
@@ -150,7 +153,7 @@ pub fn encode(lock: &Lock, out: &mut impl FieldSink) {
         out.u64(h.exclusive);
         out.u64(h.shared);
         out.u64(h.token);
-        out.u64(h.deadline_ms);
+        out.u64(wall.to_wall(h.deadline_ms));
         match &h.memo {
             Some(m) => {
                 out.bytes(&m.id);
@@ -214,6 +217,9 @@ mod tests {
     use super::*;
     use crate::rules::lock::MAX_RESTORED_TOKEN;
 
+    /// The wall clock never stepped.
+    const NO_STEP: WallOffset = WallOffset(0);
+
     fn encode_v1(owner: &[u8], holds: u64, token: u64, deadline: u64) -> Vec<u8> {
         let mut v = (owner.len() as u16).to_le_bytes().to_vec();
         v.extend_from_slice(owner);
@@ -226,7 +232,13 @@ mod tests {
     #[test]
     fn a_valid_value_round_trips() {
         let bytes = encode_v1(b"owner", 3, 77, 5_000);
-        let lock = decode(&mut SliceSource(&bytes), 1, LoadedFrom::Restore, 4_000);
+        let lock = decode(
+            &mut SliceSource(&bytes),
+            1,
+            LoadedFrom::Restore,
+            4_000,
+            NO_STEP,
+        );
         let read = lock.as_ref().map(|l| {
             let h = &l.holders[0];
             (
@@ -246,7 +258,7 @@ mod tests {
         let bytes = encode_v1(b"o", 1, 1, 1);
         for v in [0, 3, 1023, -1] {
             assert_eq!(
-                decode(&mut SliceSource(&bytes), v, LoadedFrom::Restore, 0),
+                decode(&mut SliceSource(&bytes), v, LoadedFrom::Restore, 0, NO_STEP),
                 Err(DecodeError::UnknownVersion(v))
             );
         }
@@ -257,7 +269,13 @@ mod tests {
         let bytes = encode_v1(b"owner", 1, 2, 3);
         for n in 0..bytes.len() {
             assert_eq!(
-                decode(&mut SliceSource(&bytes[..n]), 1, LoadedFrom::Restore, 0),
+                decode(
+                    &mut SliceSource(&bytes[..n]),
+                    1,
+                    LoadedFrom::Restore,
+                    0,
+                    NO_STEP
+                ),
                 Err(DecodeError::ShortRead),
                 "{n} bytes"
             );
@@ -280,7 +298,13 @@ mod tests {
         ];
         for (bytes, why) in cases {
             assert_eq!(
-                decode(&mut SliceSource(&bytes), 1, LoadedFrom::Restore, now),
+                decode(
+                    &mut SliceSource(&bytes),
+                    1,
+                    LoadedFrom::Restore,
+                    now,
+                    NO_STEP
+                ),
                 Err(DecodeError::Invalid(why))
             );
         }
@@ -319,8 +343,39 @@ mod tests {
                 holders: holders.into(),
             },
             &mut sink,
+            NO_STEP,
         );
         sink.0
+    }
+
+    #[test]
+    fn deadlines_are_written_and_read_on_the_wall_clock() {
+        // The wall clock is an hour ahead of the lease clock: the file says
+        // wall-clock time, and reading it back with the same offset gives
+        // the lease-clock deadline again.
+        let step = WallOffset(3_600_000);
+        let lock = Lock {
+            limit: 0,
+            holders: vec![holder(b"a", 1, 0, 7, 50_000)].into(),
+        };
+        let mut sink = VecSink::default();
+        encode(&lock, &mut sink, step);
+        let on_disk = decode(
+            &mut SliceSource(&sink.0),
+            2,
+            LoadedFrom::Restore,
+            0,
+            NO_STEP,
+        );
+        assert_eq!(
+            on_disk.map(|l| l.holders.first().map(|h| h.deadline_ms)),
+            Ok(Some(3_650_000))
+        );
+        let back = decode(&mut SliceSource(&sink.0), 2, LoadedFrom::Restore, 0, step);
+        assert_eq!(
+            back.map(|l| l.holders.first().map(|h| h.deadline_ms)),
+            Ok(Some(50_000))
+        );
     }
 
     #[test]
@@ -349,7 +404,13 @@ mod tests {
         ];
         for (limit, holders) in values {
             let bytes = v2(limit, holders.clone());
-            let lock = decode(&mut SliceSource(&bytes), 2, LoadedFrom::Restore, 4_000);
+            let lock = decode(
+                &mut SliceSource(&bytes),
+                2,
+                LoadedFrom::Restore,
+                4_000,
+                NO_STEP,
+            );
             assert_eq!(
                 lock,
                 Ok(Lock {
@@ -365,7 +426,13 @@ mod tests {
         let bytes = v2(3, vec![holder(b"a", 0, 1, 9, 5), holder(b"b", 0, 2, 10, 5)]);
         for n in 0..bytes.len() {
             assert_eq!(
-                decode(&mut SliceSource(&bytes[..n]), 2, LoadedFrom::Restore, 0),
+                decode(
+                    &mut SliceSource(&bytes[..n]),
+                    2,
+                    LoadedFrom::Restore,
+                    0,
+                    NO_STEP
+                ),
                 Err(DecodeError::ShortRead),
                 "{n} bytes"
             );
@@ -403,12 +470,24 @@ mod tests {
         let n = no_id.len();
         no_id[n - 8] = 3;
         assert_eq!(
-            decode(&mut SliceSource(&no_id), 2, LoadedFrom::Restore, now),
+            decode(
+                &mut SliceSource(&no_id),
+                2,
+                LoadedFrom::Restore,
+                now,
+                NO_STEP
+            ),
             Err(DecodeError::Invalid(InvalidLock::RequestId))
         );
         for (bytes, why) in cases {
             assert_eq!(
-                decode(&mut SliceSource(&bytes), 2, LoadedFrom::Restore, now),
+                decode(
+                    &mut SliceSource(&bytes),
+                    2,
+                    LoadedFrom::Restore,
+                    now,
+                    NO_STEP
+                ),
                 Err(DecodeError::Invalid(why))
             );
         }
@@ -417,14 +496,26 @@ mod tests {
         big.u64(1 << 40);
         big.u64(1);
         assert_eq!(
-            decode(&mut SliceSource(&big.0), 2, LoadedFrom::Restore, now),
+            decode(
+                &mut SliceSource(&big.0),
+                2,
+                LoadedFrom::Restore,
+                now,
+                NO_STEP
+            ),
             Err(DecodeError::Invalid(InvalidLock::Limit))
         );
         let mut many = VecSink::default();
         many.u64(0);
         many.u64(MAX_HOLDERS + 1);
         assert_eq!(
-            decode(&mut SliceSource(&many.0), 2, LoadedFrom::Restore, now),
+            decode(
+                &mut SliceSource(&many.0),
+                2,
+                LoadedFrom::Restore,
+                now,
+                NO_STEP
+            ),
             Err(DecodeError::Invalid(InvalidLock::HolderCount))
         );
     }

@@ -684,7 +684,8 @@ pub const TOKEN_CLOCK_SHIFT: u32 = 20;
 
 impl TokenGenerator {
     /// The next token, strictly greater than every token issued or observed;
-    /// `Err` (and nothing changes) when no such token is left.
+    /// `Err` (and nothing changes) when no such token is left. `now_ms` is
+    /// the wall clock (the clock servers share; see `rules::clock`).
     pub fn next(&mut self, now_ms: u64) -> Result<FencingToken, TokensExhausted> {
         if self.last >= MAX_TOKEN {
             return Err(TokensExhausted);

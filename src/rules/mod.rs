@@ -2,6 +2,8 @@
 //! Everything above this layer applies these rules to keys, timers and
 //! clients; nothing here calls up.
 //!
+//! - `clock`: the lease clock (monotonic) and the wall clock, and the
+//!   conversion of deadlines between them;
 //! - `lock`: one lock's holder, holds, token and lease, and the token
 //!   generator;
 //! - `schedule`: live leases ordered by deadline, for the expiry timer;
@@ -13,6 +15,7 @@
 //!   argument).
 
 pub mod args;
+pub mod clock;
 pub mod effect;
 pub mod encoding;
 pub mod lock;

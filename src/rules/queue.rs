@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::clock::Now;
 use super::lock::{Admit, FencingToken, Lock, Refusal, TokenGenerator, Want};
 
 /// Opaque identity of a blocked client.
@@ -139,8 +140,9 @@ impl WaitQueues {
         key: &[u8],
         lock: &mut Lock,
         tokens: &mut TokenGenerator,
-        now_ms: u64,
+        now: Now,
     ) -> Service {
+        let now_ms = now.lease_ms;
         let mut out = Service::default();
         if self.location.is_empty() {
             return out;
@@ -162,7 +164,7 @@ impl WaitQueues {
             self.location.remove(&w.id);
             match verdict {
                 None => out.timed_out.push(w),
-                Some(verdict) => grant(lock, tokens, now_ms, w, verdict, &mut out),
+                Some(verdict) => grant(lock, tokens, now, w, verdict, &mut out),
             }
         }
         if lock.limit == 0 && !lock.is_empty() && !q.is_empty() {
@@ -176,7 +178,7 @@ impl WaitQueues {
                 match reentry {
                     Some(i) if !w.gave_up(now_ms) => {
                         self.location.remove(&w.id);
-                        grant(lock, tokens, now_ms, w, Admit::Reenter(i), &mut out);
+                        grant(lock, tokens, now, w, Admit::Reenter(i), &mut out);
                     }
                     _ => rest.push_back(w),
                 }
@@ -214,13 +216,14 @@ impl WaitQueues {
 fn grant(
     lock: &mut Lock,
     tokens: &mut TokenGenerator,
-    now_ms: u64,
+    now: Now,
     w: Waiter,
     verdict: Admit,
     out: &mut Service,
 ) {
+    let now_ms = now.lease_ms;
     match verdict {
-        Admit::Fresh => match tokens.next(now_ms) {
+        Admit::Fresh => match tokens.next(now.wall_ms) {
             Ok(token) => {
                 let i = lock.add(&w.owner, w.want, token, now_ms, w.ttl_ms);
                 if let Some(h) = lock.holders.get_mut(i) {
@@ -282,7 +285,7 @@ mod tests {
     fn serve(q: &mut WaitQueues, lock: &mut Lock, now: u64) -> Service {
         let mut tokens = TokenGenerator::default();
         tokens.observe(100);
-        q.serve(0, b"k", lock, &mut tokens, now)
+        q.serve(0, b"k", lock, &mut tokens, Now::at(now))
     }
 
     #[test]
@@ -437,7 +440,7 @@ mod tests {
         let mut tokens = TokenGenerator::default();
         tokens.observe(crate::rules::lock::MAX_TOKEN);
         let mut lock = Lock::default();
-        let s = q.serve(0, b"k", &mut lock, &mut tokens, 0);
+        let s = q.serve(0, b"k", &mut lock, &mut tokens, Now::at(0));
         assert_eq!(s.refused.len(), 1);
         assert!(lock.is_empty());
     }
