@@ -59,7 +59,8 @@ impl ClockStep {
             .open(&self.file)
             .expect("open the clock offset file");
         f.seek(SeekFrom::Start(0)).expect("seek");
-        f.write_all(&offset_ms.to_le_bytes()).expect("write the offset");
+        f.write_all(&offset_ms.to_le_bytes())
+            .expect("write the offset");
         f.sync_data().expect("sync the offset");
     }
 
@@ -89,7 +90,9 @@ pub fn shim() -> &'static Path {
         let out = out_dir.join("libclockstep.so");
         let partial = out_dir.join(format!("libclockstep.so.{}", std::process::id()));
         let status = Command::new("gcc")
-            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+            .args([
+                "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+            ])
             .arg(&partial)
             .arg(&source)
             .arg("-ldl")
