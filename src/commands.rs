@@ -79,7 +79,7 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         let Some(lock) = current else {
             // A free key: the first grant sets its kind.
-            let wall = state::wall_now_ms();
+            let wall = state::wall_offset().to_wall(now);
             let (token, others_wait) = state::with(|s| (s.tokens.next(wall), !s.queues.is_empty()));
             let token = token.map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
             let mut lock = Lock::grant(req.owner, req.want, token, now, req.ttl_ms);
@@ -96,7 +96,7 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         };
         match lock.admit(req.owner, req.want, key.waiters() == 0) {
             Admit::Fresh => {
-                let wall = state::wall_now_ms();
+                let wall = state::wall_offset().to_wall(now);
                 let token = state::with(|s| s.tokens.next(wall))
                     .map_err(|_| RedisError::Str(TokensExhausted::REPLY))?;
                 let i = lock.add(req.owner, req.want, token, now, req.ttl_ms);

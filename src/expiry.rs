@@ -43,16 +43,15 @@ pub fn ensure_armed(ctx: &Context) {
     state::with(|s| s.expiry_timer = id.map(|id| (id, next)));
 }
 
-/// Redis's cron (`hz` times a second, on the monotonic clock). Redis 7.0
+/// Redis's cron (`hz` times a second, on the monotonic clock) measures the
+/// wall clock's offset from the lease clock (`state::wall_offset`). Redis 7.0
 /// times module timers by the wall clock, so after a step of it an armed
 /// timer fires early (harmless: nothing is due on the lease clock, and it
 /// re-arms) or late by the whole step back — leases would outlive their
 /// deadline by that much. The cron notices the step and re-arms the timers
 /// on the new wall clock.
 pub fn on_cron(ctx: &Context) {
-    let offset = state::wall_offset();
-    let stepped = state::with(|s| std::mem::replace(&mut s.seen_offset, offset) != offset);
-    if !stepped {
+    if !state::refresh_wall_offset() {
         return;
     }
     if is_master(ctx) {

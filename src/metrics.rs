@@ -75,7 +75,7 @@ pub fn lock_freed() {
 pub fn write_info(ctx: &InfoContext) {
     let (waiters, leases) = state::with(|s| (s.queues.total(), s.schedule.len()));
     let held = STATS.held.load(Ordering::Relaxed).max(0);
-    let fields: [(&str, i64); 18] = [
+    let fields: [(&str, i64); 19] = [
         ("held", held),
         ("waiters", i64::try_from(waiters).unwrap_or(i64::MAX)),
         (
@@ -97,6 +97,7 @@ pub fn write_info(ctx: &InfoContext) {
         ("shared_grants", read(&STATS.shared_grants)),
         ("semaphore_grants", read(&STATS.semaphore_grants)),
         ("retries_answered", read(&STATS.retries_answered)),
+        ("clock_offset_ms", state::wall_offset().0),
     ];
     let built = fields
         .iter()

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -54,9 +54,6 @@ pub struct State {
     /// A lease was tracked that the expiry timer, as armed, would fire
     /// after (or no timer is armed).
     pub arm_needed: bool,
-    /// The wall clock's offset from the lease clock at the last cron run
-    /// (a change means the wall clock was stepped: see `expiry::on_cron`).
-    pub seen_offset: WallOffset,
 }
 
 impl State {
@@ -124,30 +121,40 @@ pub fn now_ms() -> u64 {
     lease_ns() / 1_000_000
 }
 
-/// The wall clock in milliseconds: the clock part of fencing tokens.
-pub fn wall_now_ms() -> u64 {
-    wall_ns() / 1_000_000
-}
-
 /// Both clocks, with the lease clock at `lease_ms` (read just before).
 pub fn now_with(lease_ms: u64) -> Now {
     Now {
         lease_ms,
-        wall_ms: wall_now_ms(),
+        wall_ms: wall_offset().to_wall(lease_ms),
     }
 }
 
-/// Wall clock minus lease clock now: converts the deadlines that leave or
-/// enter the server (RDB, AOF, replication, RESTORE, digests).
+/// Wall clock minus lease clock (ms), as [`refresh_wall_offset`] last
+/// measured it: 0 from the anchor on, until the wall clock is stepped.
+static WALL_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Wall clock minus lease clock: converts the deadlines that leave or
+/// enter the server (RDB, AOF, replication, RESTORE, digests) and gives
+/// tokens their wall-clock part. Measured by Redis's cron (`hz` times a
+/// second), so commands read no second clock; within one cron tick of a
+/// step, what leaves the server still uses the offset from before it.
 pub fn wall_offset() -> WallOffset {
+    WallOffset(WALL_OFFSET_MS.load(Ordering::Relaxed))
+}
+
+/// Measures the offset again (both clocks read together); `true` when it
+/// changed, i.e. the wall clock was stepped since the last measurement.
+pub fn refresh_wall_offset() -> bool {
     let lease = lease_ns();
-    clock::offset_of(wall_ns(), lease)
+    let now = clock::offset_of(wall_ns(), lease);
+    WALL_OFFSET_MS.swap(now.0, Ordering::Relaxed) != now.0
 }
 
 /// Starts the lease clock (module load), so its anchor is taken before any
-/// lease exists.
+/// lease exists, and measures the offset (0 unless the anchor's two reads
+/// straddled a step).
 pub fn start_clock() {
-    let _ = lease_ns();
+    refresh_wall_offset();
 }
 
 /// True while Redis loads an RDB or AOF (or a full resync).

@@ -18,7 +18,7 @@ use std::time::Duration;
 use testkit::clock::ClockStep;
 use testkit::lock::{self, acquire, expect_expiry, grant_timed, renew, TimedLease};
 use testkit::replication::synced;
-use testkit::{info_int, wait_aof_settled, Server, ServerConfig};
+use testkit::{info_int, wait_aof_settled, wait_for, Server, ServerConfig, PATIENCE};
 
 const HOUR_MS: i64 = 3_600_000;
 /// Short enough to watch end, long enough for a step and a look before it.
@@ -34,6 +34,16 @@ fn stepped_server(clock: &ClockStep, config: ServerConfig) -> Server {
 fn server_time_ms(c: &mut redis::Connection) -> i64 {
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query(c).unwrap();
     secs * 1000 + micros / 1000
+}
+
+/// Waits until the module has measured the wall clock's offset (its cron
+/// does, `hz` times a second): `INFO lock`'s `lock_clock_offset_ms`.
+fn wait_offset(c: &mut redis::Connection, offset_ms: i64) {
+    wait_for(
+        &format!("the module to see the offset {offset_ms}"),
+        PATIENCE,
+        || (info_int(c, "lock", "lock_clock_offset_ms") == offset_ms).then_some(()),
+    );
 }
 
 /// The remaining lease `LOCK.INFO` shows (ms).
@@ -55,6 +65,10 @@ fn the_shim_steps_the_servers_wall_clock() {
         "TIME moved {} ms",
         after - before
     );
+    // The module measures the step, and the step back.
+    wait_offset(&mut c, HOUR_MS);
+    clock.step_ms(-3 * HOUR_MS);
+    wait_offset(&mut c, -2 * HOUR_MS);
 }
 
 #[test]
@@ -163,6 +177,7 @@ fn the_aof_and_a_restart_keep_the_remaining_lease_after_a_step() {
     let mut s = stepped_server(&clock, config);
     let mut c = s.conn();
     clock.step_ms(HOUR_MS);
+    wait_offset(&mut c, HOUR_MS);
     let now = server_time_ms(&mut c);
     acquire(&mut c, "k", "a", LONG_MS).unwrap();
     // The AOF says wall-clock time: the stepped clock's now + ttl.
@@ -178,6 +193,11 @@ fn the_aof_and_a_restart_keep_the_remaining_lease_after_a_step() {
     // clock: the lease has what it had left, not an hour less.
     s.restart();
     let mut c = s.conn();
+    assert_eq!(
+        info_int(&mut c, "lock", "lock_clock_offset_ms"),
+        0,
+        "a new anchor"
+    );
     let left = ttl_ms(&mut c, "k");
     assert!(
         left > (LONG_MS as i64) - 120_000 && left <= LONG_MS as i64,
@@ -185,6 +205,7 @@ fn the_aof_and_a_restart_keep_the_remaining_lease_after_a_step() {
     );
     // DEBUG RELOAD (RDB out and in on the same clock) keeps it too.
     clock.step_ms(-2 * HOUR_MS);
+    wait_offset(&mut c, -2 * HOUR_MS);
     redis::cmd("DEBUG")
         .arg("RELOAD")
         .query::<()>(&mut c)
@@ -210,6 +231,7 @@ fn a_replica_gets_wall_clock_deadlines_from_a_stepped_master() {
     replica.wait_replication_link();
     let mut m = master.conn();
     clock.step_ms(HOUR_MS);
+    wait_offset(&mut m, HOUR_MS);
     acquire(&mut m, "k", "a", LONG_MS).unwrap();
     synced(&mut m, 1);
     let mut r = replica.conn();
