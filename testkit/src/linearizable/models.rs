@@ -379,3 +379,197 @@ impl Model for LockModel {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linearizable::wgl::{check, Verdict};
+
+    const MS: u64 = 1_000_000;
+
+    fn acq(owner: u32, mode: Mode, ttl_ms: u64, reply: Option<Reply>) -> Observed {
+        Observed {
+            op: LockOp::Acquire {
+                owner,
+                mode,
+                ttl_ns: ttl_ms * MS,
+                waits: false,
+            },
+            reply,
+        }
+    }
+
+    fn x(owner: u32, token: Option<i64>) -> Observed {
+        acq(owner, Mode::Exclusive, 100, Some(Reply::Token(token)))
+    }
+
+    fn rel(owner: u32, count: u64, left: Option<i64>) -> Observed {
+        Observed {
+            op: LockOp::Release {
+                owner,
+                count,
+                retried: false,
+            },
+            reply: Some(Reply::Remaining(left)),
+        }
+    }
+
+    fn at(op: Observed, from_ms: u64, to_ms: u64) -> Call<Observed> {
+        Call {
+            op,
+            invoke: from_ms * MS,
+            complete: Some(to_ms * MS),
+        }
+    }
+
+    fn linearizable(spec: ModelSpec, calls: &[Call<Observed>]) -> bool {
+        match check(&LockModel { spec }, KeyState::empty(), calls, 100_000) {
+            Verdict::Linearizable => true,
+            Verdict::Violation(_) => false,
+            Verdict::TooBig(n) => panic!("search gave up after {n}"),
+        }
+    }
+
+    fn module(calls: &[Call<Observed>]) -> bool {
+        linearizable(ModelSpec::module(), calls)
+    }
+
+    #[test]
+    fn a_reentry_returns_the_same_fence() {
+        let ok = [at(x(0, Some(5)), 0, 1), at(x(0, Some(5)), 2, 3)];
+        assert!(module(&ok));
+        let other = [at(x(0, Some(5)), 0, 1), at(x(0, Some(6)), 2, 3)];
+        assert!(!module(&other));
+    }
+
+    #[test]
+    fn fences_grow_across_grants() {
+        let base = [at(x(0, Some(5)), 0, 1), at(rel(0, 1, Some(0)), 2, 3)];
+        let lower = [base[0].clone(), base[1].clone(), at(x(1, Some(4)), 4, 5)];
+        assert!(!module(&lower));
+        let higher = [base[0].clone(), base[1].clone(), at(x(1, Some(9)), 4, 5)];
+        assert!(module(&higher));
+    }
+
+    #[test]
+    fn a_held_lock_refuses_others_until_its_lease_may_have_ended() {
+        // A 100 ms lease granted in [0, 1] ms may end from about 97 ms on
+        // and has ended by about 104 ms.
+        let grant = at(x(0, Some(5)), 0, 1);
+        assert!(!module(&[grant.clone(), at(x(1, Some(6)), 50, 51)]));
+        assert!(module(&[grant.clone(), at(x(1, None), 50, 51)]));
+        assert!(module(&[grant.clone(), at(x(1, Some(6)), 99, 100)]));
+        assert!(module(&[grant.clone(), at(x(1, None), 99, 100)]));
+        assert!(!module(&[grant.clone(), at(x(1, None), 150, 151)]));
+        let renewed = Observed {
+            op: LockOp::Renew {
+                owner: 0,
+                ttl_ns: 100 * MS,
+            },
+            reply: Some(Reply::Renewed(true)),
+        };
+        assert!(!module(&[grant.clone(), at(renewed.clone(), 150, 151)]));
+        // Renewed in time, the lease runs on.
+        assert!(module(&[
+            grant,
+            at(renewed, 60, 61),
+            at(x(1, None), 150, 151)
+        ]));
+    }
+
+    #[test]
+    fn readers_share_and_exclude_a_writer() {
+        let r = |o, t| acq(o, Mode::Shared, 100, Some(Reply::Token(Some(t))));
+        let readers = [at(r(0, 5), 0, 1), at(r(1, 6), 2, 3)];
+        let mut refused = readers.to_vec();
+        refused.push(at(x(2, None), 4, 5));
+        assert!(module(&refused));
+        let mut granted = readers.to_vec();
+        granted.push(at(x(2, Some(7)), 4, 5));
+        assert!(!module(&granted));
+        let upgrade = [
+            at(r(0, 5), 0, 1),
+            at(
+                acq(
+                    0,
+                    Mode::Exclusive,
+                    100,
+                    Some(Reply::Error(UPGRADE_ERROR.into())),
+                ),
+                2,
+                3,
+            ),
+        ];
+        assert!(module(&upgrade));
+        // Release takes exclusive holds first: after a downgrade and one
+        // release the owner holds one shared hold.
+        let downgrade = [
+            at(x(0, Some(5)), 0, 1),
+            at(r(0, 5), 2, 3),
+            at(rel(0, 1, Some(1)), 4, 5),
+            at(r(1, 6), 6, 7),
+        ];
+        assert!(module(&downgrade));
+    }
+
+    #[test]
+    fn permits_never_exceed_the_limit() {
+        let p = |o, n, reply| {
+            acq(
+                o,
+                Mode::Permits { limit: 3, count: n },
+                100,
+                Some(Reply::Token(reply)),
+            )
+        };
+        assert!(module(&[
+            at(p(0, 2, Some(5)), 0, 1),
+            at(p(1, 2, None), 2, 3)
+        ]));
+        assert!(!module(&[
+            at(p(0, 2, Some(5)), 0, 1),
+            at(p(1, 2, Some(6)), 2, 3)
+        ]));
+        assert!(module(&[
+            at(p(0, 2, Some(5)), 0, 1),
+            at(p(1, 1, Some(6)), 2, 3)
+        ]));
+    }
+
+    #[test]
+    fn an_unknown_grant_may_or_may_not_have_happened() {
+        let lost = Call {
+            op: acq(0, Mode::Exclusive, 100, None),
+            invoke: 0,
+            complete: None,
+        };
+        assert!(module(&[lost.clone(), at(x(1, None), 10, 11)]));
+        assert!(module(&[lost.clone(), at(x(1, Some(6)), 10, 11)]));
+        // Both cannot be: a refusal (the lost grant happened) and then a
+        // grant while its lease still ran.
+        assert!(!module(&[
+            lost,
+            at(x(1, None), 10, 11),
+            at(x(2, Some(7)), 20, 21)
+        ]));
+    }
+
+    #[test]
+    fn an_unfenced_resource_needs_a_live_holder() {
+        let write = |o| Observed {
+            op: LockOp::Write { owner: o },
+            reply: Some(Reply::Written(true)),
+        };
+        let grant = at(x(0, Some(0)), 0, 1);
+        assert!(linearizable(
+            ModelSpec::setnx(),
+            &[grant.clone(), at(write(0), 10, 11)]
+        ));
+        assert!(!linearizable(
+            ModelSpec::setnx(),
+            &[grant, at(write(0), 200, 201)]
+        ));
+        // The module's runs leave writes to the fenced register's check.
+        assert!(module(&[at(x(0, Some(5)), 0, 1), at(write(0), 200, 201)]));
+    }
+}
