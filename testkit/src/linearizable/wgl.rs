@@ -57,25 +57,47 @@ pub enum Verdict<S> {
     TooBig(usize),
 }
 
+/// The set of linearized operations (positions in invoke order), kept
+/// small: every completed operation before `frontier` is in it and left
+/// out of `extra`, which holds the rest of the set (the few operations
+/// linearized beyond the frontier, and unknown ones before it).
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct Bits(Vec<u64>);
+struct Done {
+    frontier: u32,
+    extra: Vec<u32>,
+}
 
-impl Bits {
-    fn new(n: usize) -> Bits {
-        Bits(vec![0; n.div_ceil(64)])
+impl Done {
+    fn contains(&self, k: usize, completed: &[bool]) -> bool {
+        (k < self.frontier as usize && completed[k])
+            || self.extra.binary_search(&(k as u32)).is_ok()
     }
-    fn get(&self, i: usize) -> bool {
-        self.0[i / 64] & (1 << (i % 64)) != 0
-    }
-    fn with(&self, i: usize) -> Bits {
-        let mut b = self.clone();
-        b.0[i / 64] |= 1 << (i % 64);
-        b
+
+    fn with(&self, k: usize, completed: &[bool]) -> Done {
+        let mut d = self.clone();
+        if let Err(pos) = d.extra.binary_search(&(k as u32)) {
+            d.extra.insert(pos, k as u32);
+        }
+        // Move the frontier to the first completed operation not in the
+        // set (unknown ones may stay out for ever).
+        while (d.frontier as usize) < completed.len() {
+            let f = d.frontier;
+            if completed[f as usize] {
+                match d.extra.binary_search(&f) {
+                    Ok(pos) => {
+                        d.extra.remove(pos);
+                    }
+                    Err(_) => break,
+                }
+            }
+            d.frontier += 1;
+        }
+        d
     }
 }
 
 struct Frame<S> {
-    done: Bits,
+    done: Done,
     completed_done: usize,
     next: Vec<(usize, S)>,
 }
@@ -88,67 +110,78 @@ pub fn check<M: Model>(
     calls: &[Call<M::Op>],
     budget: usize,
 ) -> Verdict<M::State> {
-    // Sorted by invoke, so that the operations that may come next are a
-    // short scan from the first one not yet linearized.
-    let mut by_invoke: Vec<usize> = (0..calls.len()).collect();
-    by_invoke.sort_by_key(|&i| calls[i].invoke);
-    let mut by_complete: Vec<usize> = (0..calls.len())
-        .filter(|&i| calls[i].complete.is_some())
-        .collect();
-    by_complete.sort_by_key(|&i| calls[i].complete);
-    let completed = by_complete.len();
+    // Positions in invoke order: the operations that may come next are a
+    // short scan from the frontier, plus unknown ones left before it.
+    let mut order: Vec<usize> = (0..calls.len()).collect();
+    order.sort_by_key(|&i| calls[i].invoke);
+    let c: Vec<&Call<M::Op>> = order.iter().map(|&i| &calls[i]).collect();
+    let completed: Vec<bool> = c.iter().map(|x| x.complete.is_some()).collect();
+    let unknown: Vec<usize> = (0..c.len()).filter(|&k| !completed[k]).collect();
+    let total = completed.iter().filter(|&&x| x).count();
 
-    let mut seen: HashSet<(Bits, M::State)> = HashSet::new();
+    let mut seen: HashSet<(Done, M::State)> = HashSet::new();
     let mut path: Vec<usize> = Vec::new();
 
-    let expand = |done: &Bits,
+    let expand = |done: &Done,
                   state: &M::State,
-                  seen: &mut HashSet<(Bits, M::State)>,
+                  seen: &mut HashSet<(Done, M::State)>,
                   blocked: &mut Vec<usize>|
      -> Vec<(usize, M::State)> {
-        let horizon = by_complete
-            .iter()
-            .find(|&&i| !done.get(i))
-            .and_then(|&i| calls[i].complete)
-            .unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        for &i in &by_invoke {
-            if done.get(i) {
-                continue;
-            }
-            if calls[i].invoke > horizon {
+        let from = done.frontier as usize;
+        // The earliest completion among operations still to linearize:
+        // nothing invoked after it can come next.
+        let mut horizon = u64::MAX;
+        for (k, call) in c.iter().enumerate().skip(from) {
+            if call.invoke > horizon {
                 break;
             }
-            let next = model.step(state, &calls[i]);
-            if next.is_empty() && calls[i].complete.is_some() {
-                blocked.push(i);
+            if let Some(t) = call.complete {
+                if !done.contains(k, &completed) {
+                    horizon = horizon.min(t);
+                }
+            }
+        }
+        let before = unknown.iter().copied().take_while(|&k| k < from);
+        let after = (from..c.len()).take_while(|&k| c[k].invoke <= horizon);
+        let mut out = Vec::new();
+        for k in before.chain(after) {
+            if done.contains(k, &completed) {
+                continue;
+            }
+            let next = model.step(state, c[k]);
+            if next.is_empty() && completed[k] {
+                blocked.push(order[k]);
             }
             for s in next {
                 // An unknown operation that changes nothing never helps.
-                if calls[i].complete.is_none() && &s == state {
+                if !completed[k] && &s == state {
                     continue;
                 }
-                let d = done.with(i);
+                let d = done.with(k, &completed);
                 if seen.insert((d, s.clone())) {
-                    out.push((i, s));
+                    out.push((k, s));
                 }
             }
         }
         out
     };
 
-    let root_done = Bits::new(calls.len());
+    let root_done = Done {
+        frontier: 0,
+        extra: Vec::new(),
+    }
+    .with_frontier(&completed);
     let mut blocked = Vec::new();
     let root_next = expand(&root_done, &init, &mut seen, &mut blocked);
-    if completed == 0 {
+    if total == 0 {
         return Verdict::Linearizable;
     }
-    let mut best = Some(Stuck {
+    let mut best = Stuck {
         linearized: 0,
         order: Vec::new(),
         state: init.clone(),
         blocked,
-    });
+    };
     let mut stack = vec![Frame {
         done: root_done,
         completed_done: 0,
@@ -158,26 +191,26 @@ pub fn check<M: Model>(
         if seen.len() > budget {
             return Verdict::TooBig(seen.len());
         }
-        let Some((i, state)) = top.next.pop() else {
+        let Some((k, state)) = top.next.pop() else {
             stack.pop();
             path.pop();
             continue;
         };
-        let done = top.done.with(i);
-        let completed_done = top.completed_done + usize::from(calls[i].complete.is_some());
-        path.push(i);
-        if completed_done == completed {
+        let done = top.done.with(k, &completed);
+        let completed_done = top.completed_done + usize::from(completed[k]);
+        path.push(order[k]);
+        if completed_done == total {
             return Verdict::Linearizable;
         }
         let mut blocked = Vec::new();
         let next = expand(&done, &state, &mut seen, &mut blocked);
-        if best.as_ref().is_none_or(|b| completed_done > b.linearized) {
-            best = Some(Stuck {
+        if completed_done > best.linearized {
+            best = Stuck {
                 linearized: completed_done,
                 order: path.clone(),
                 state: state.clone(),
                 blocked,
-            });
+            };
         }
         stack.push(Frame {
             done,
@@ -185,7 +218,17 @@ pub fn check<M: Model>(
             next,
         });
     }
-    Verdict::Violation(best.expect("a root was explored"))
+    Verdict::Violation(best)
+}
+
+impl Done {
+    /// The empty set with its frontier past leading unknown operations.
+    fn with_frontier(mut self, completed: &[bool]) -> Done {
+        while (self.frontier as usize) < completed.len() && !completed[self.frontier as usize] {
+            self.frontier += 1;
+        }
+        self
+    }
 }
 
 #[cfg(test)]
