@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 MODULE := target/release/libfencelock.so
 
-.PHONY: setup build run test test-unit test-integration test-python lint bench bench-quick clean
+.PHONY: setup build run test test-unit test-integration test-python test-node lint bench bench-quick clean
 
 # Installs what the build and the tests need (redis-server, redis-tools,
 # redis-sentinel, libclang-dev), skipping what is already there.
@@ -22,6 +22,7 @@ run: build
 test: build lint
 	$(CARGO) test --workspace --all-targets --no-fail-fast -- --test-threads=2
 	$(MAKE) --no-print-directory test-python
+	$(MAKE) --no-print-directory test-node
 
 # The Python client (clients/python): a virtual environment in
 # clients/python/.venv with the package and its pinned test extras, then
@@ -30,6 +31,14 @@ test: build lint
 test-python: build
 	@bash scripts/setup.sh python
 	cd clients/python && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/pytest
+
+# The Node.js client (clients/node): `npm ci` against its committed
+# package-lock.json (only when node_modules is missing or the lock changed),
+# then tsc --noEmit, biome, and its node --test suite against real
+# redis-server processes with the module.
+test-node: build
+	@bash scripts/setup.sh node
+	cd clients/node && npm run --silent typecheck && npm run --silent lint && npm test
 
 lint: setup
 	$(CARGO) fmt --all -- --check
@@ -42,6 +51,8 @@ bench: build
 	$(CARGO) run --release -p fencelock-bench -- --full
 	@bash scripts/setup.sh python
 	clients/python/.venv/bin/python clients/python/bench/contention.py
+	@bash scripts/setup.sh node
+	cd clients/node && npm run --silent bench
 
 bench-quick: build
 	$(CARGO) run --release -p fencelock-bench -- --quick

@@ -53,3 +53,23 @@ if [ "${1:-}" = "python" ]; then
     touch "$stamp"
   fi
 fi
+
+# `scripts/setup.sh node` (make test-node, make bench): the Node.js client's
+# packages, clients/node/node_modules (git-ignored), installed by `npm ci`
+# from the committed package-lock.json; again only when that file changes.
+if [ "${1:-}" = "node" ]; then
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  dir="$root/clients/node"
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup: installing nodejs and npm" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends nodejs npm
+  fi
+  stamp="$dir/node_modules/.installed-$(sha1sum "$dir/package-lock.json" | cut -c1-12)"
+  if [ ! -f "$stamp" ]; then
+    echo "setup: npm ci in clients/node" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$stamp"  # npm ci empties node_modules first: no older stamp survives
+  fi
+fi

@@ -35,13 +35,28 @@ const MAX_REDIRECTS = 5;
 
 type ClientOptions = Record<string, unknown>;
 
+/**
+ * What the transport uses of a node-redis client. Typed by hand: node-redis's
+ * own generic types cost the compiler seconds at every use.
+ */
+interface RawClient {
+  readonly isReady: boolean;
+  on(event: string, listener: (...args: unknown[]) => void): unknown;
+  off(event: string, listener: (...args: unknown[]) => void): unknown;
+  connect(): Promise<unknown>;
+  destroy(): void;
+  sendCommand(args: Args, options: { typeMapping: object }): Promise<unknown>;
+}
+
+const newClient = createClient as unknown as (options: ClientOptions) => RawClient;
+
 /** One connection the transport owns, connected in the background and reconnected by node-redis. */
 class Conn {
-  readonly client: NodeRedisClient;
+  readonly client: RawClient;
   #closed = false;
 
   constructor(options: ClientOptions) {
-    this.client = createClient({ ...options, disableOfflineQueue: true }) as NodeRedisClient;
+    this.client = newClient({ ...options, disableOfflineQueue: true });
     // Errors come back as rejected commands; without a listener node-redis would throw them.
     this.client.on("error", () => {});
     this.client.connect().catch(() => {});
@@ -88,13 +103,15 @@ class Conn {
    * Sends `commands` in one write and awaits their replies within `timeout`
    * ms (undefined: no limit). A server error is returned as `ServerError`;
    * anything else that goes wrong rejects with `ConnectionError`, or the
-   * signal's reason when `signal` aborts. On a timeout or an abort the
-   * connection is closed.
+   * signal's reason when `signal` aborts. On an abort, and on a timeout when
+   * `dropOnTimeout`, the connection is closed (else a late reply is read and
+   * ignored).
    */
   async send(
     commands: readonly Args[],
     timeout: number | undefined,
     signal?: AbortSignal,
+    dropOnTimeout = true,
   ): Promise<unknown[]> {
     const start = performance.now();
     try {
@@ -105,7 +122,7 @@ class Conn {
     }
     if (signal?.aborted) throw signal.reason;
     const replies = commands.map((args) =>
-      this.client.sendCommand(args as Args as string[], { typeMapping: TYPES }).then(
+      this.client.sendCommand(args, { typeMapping: TYPES }).then(
         (reply: unknown) => reply,
         (e: unknown) => {
           if (e instanceof ErrorReply) return ServerError.of(e.message);
@@ -123,7 +140,7 @@ class Conn {
     const stop = new Promise<never>((_, reject) => {
       if (left !== undefined) {
         timer = setTimeout(() => {
-          this.close();
+          if (dropOnTimeout) this.close();
           reject(new ConnectionError(`no reply within ${Math.round(timeout ?? 0)} ms`));
         }, left);
       }
@@ -163,8 +180,18 @@ export class Node {
   }
 
   /** Quick commands on the shared connection (a reply each within `responseTimeout`). */
-  quick(commands: readonly Args[], timeout = this.responseTimeout): Promise<unknown[]> {
-    return this.#shared().send(commands, timeout);
+  quick(commands: readonly Args[]): Promise<unknown[]> {
+    return this.#shared().send(commands, this.responseTimeout);
+  }
+
+  /**
+   * Renewals on the shared connection: their replies are awaited until
+   * `timeout` (the nearest local deadline), and a late one does not drop the
+   * connection that the other commands share (the watchdog tries again; a
+   * reply after the deadline is of no use).
+   */
+  renewals(commands: readonly Args[], timeout: number): Promise<unknown[]> {
+    return this.#shared().send(commands, timeout, undefined, false);
   }
 
   /**
@@ -228,13 +255,18 @@ export class Transport {
     conn: NodeRedisClient | NodeRedisCluster,
     readonly responseTimeout: number,
   ) {
-    if ("_options" in conn && "rootNodes" in (conn._options as object)) {
-      const opts = (conn as NodeRedisCluster)._options;
-      this.#defaults = (opts.defaults ?? {}) as ClientOptions;
-      this.#roots = opts.rootNodes.map((r) => ({ ...this.#defaults, ...r }) as ClientOptions);
+    const raw = conn as unknown as {
+      _options?: { rootNodes?: ClientOptions[]; defaults?: ClientOptions };
+      options?: ClientOptions;
+    };
+    const cluster = raw._options;
+    if (cluster?.rootNodes !== undefined) {
+      this.#defaults = cluster.defaults ?? {};
+      this.#roots = cluster.rootNodes.map((r) => ({ ...this.#defaults, ...r }));
+    } else if (raw.options !== undefined) {
+      this.#single = new Node("server", { ...raw.options }, responseTimeout);
     } else {
-      const options = (conn as NodeRedisClient).options as ClientOptions;
-      this.#single = new Node("server", { ...options }, responseTimeout);
+      throw new TypeError("fencelock's Client needs a node-redis client or cluster");
     }
   }
 
@@ -326,8 +358,9 @@ export class Transport {
   }
 
   /**
-   * Quick commands for several keys, one write per node; each result is the
-   * reply, a `ServerError`, or the `ConnectionError` of its node.
+   * Renewals for several keys, one write per node, replies awaited until
+   * `timeout`; each result is the reply, a `ServerError`, or the
+   * `ConnectionError` of its node.
    */
   async batch(commands: readonly (readonly [Key, Args])[], timeout: number): Promise<unknown[]> {
     const byNode = new Map<Node, number[]>();
@@ -346,7 +379,7 @@ export class Transport {
     await Promise.all(
       [...byNode].map(async ([node, indexes]) => {
         try {
-          const replies = await node.quick(
+          const replies = await node.renewals(
             indexes.map((i) => (commands[i] as readonly [Key, Args])[1]),
             timeout,
           );

@@ -120,9 +120,8 @@ export class Watchdog {
     // The deadline counts from the moment the request is sent: the server
     // cannot start the renewed lease before receiving it.
     const sent = performance.now();
-    const timeout =
-      Math.min(...due.map((w) => Math.min(sent + w.lease.params.renewEvery, w.lease.deadline))) -
-      sent;
+    // A reply is of use until the nearest local deadline, however late.
+    const timeout = Math.min(...due.map((w) => w.lease.deadline)) - sent;
     let replies: unknown[];
     try {
       replies = await this.transport.batch(

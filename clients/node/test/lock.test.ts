@@ -96,19 +96,19 @@ test("await using releases and info shows the holder", async () => {
 test("the watchdog keeps a lease far past its ttl", async () => {
   const c = client();
   const lock = c.lock("job");
-  const guard = await lock.acquire({ ttl: 500 });
+  const guard = await lock.acquire({ ttl: 1000 });
   assert.ok(guard);
   const start = performance.now();
   let heldFor = 0;
-  while (heldFor < 2500) {
-    // five ttls
+  while (heldFor < 3000) {
+    // three ttls
     await sleep(100);
     heldFor = performance.now() - start;
     const info = await lock.info();
     assert.equal(info?.token, guard.token, `lost after ${heldFor.toFixed(0)} ms`);
   }
   assert.equal(guard.signal.aborted, false);
-  assert.ok(c.renewals >= 5, `${c.renewals} renewals`);
+  assert.ok(c.renewals >= 4, `${c.renewals} renewals`);
   assert.equal(await guard.release(), true);
   assert.equal((await server.lockInfo()).lock_expired, 0);
 });
@@ -279,7 +279,7 @@ test("tasks with handles of their own exclude each other", async (t) => {
 
 test("errors carry the server's message", async () => {
   const c = client();
-  await server.admin.set("plain", "x");
+  await server.admin.sendCommand(["SET", "plain", "x"]);
   await assert.rejects(c.lock("plain").acquire(), (e: unknown) => {
     assert.ok(e instanceof WrongTypeError);
     assert.equal(e.message, "WRONGTYPE Operation against a key holding the wrong kind of value");

@@ -81,14 +81,37 @@ export async function freePort(cluster = false): Promise<number> {
   throw new Error("no free port");
 }
 
+/**
+ * What the tests use of a node-redis client, typed by hand (node-redis's
+ * generic types cost the compiler seconds at every use).
+ */
+export interface Admin {
+  sendCommand(args: string[]): Promise<unknown>;
+  destroy(): void;
+}
+
+interface RawClient extends Admin {
+  on(event: string, listener: () => void): unknown;
+  connect(): Promise<unknown>;
+  withTypeMapping(mapping: object): Admin;
+}
+
+const newClient = createClient as unknown as (options: object) => RawClient;
+
+/** A node-redis client as an application would make one (not connected: the library does not need that). */
+export function nodeRedis(port: number, options: object = {}): NodeRedisClient {
+  return newClient({
+    socket: { host: "127.0.0.1", port },
+    ...options,
+  }) as unknown as NodeRedisClient;
+}
+
 /** A plain node-redis client for the test's own checks (integers as text, like the library). */
-export async function admin(port: number): Promise<NodeRedisClient> {
-  const c = createClient({
-    socket: { host: "127.0.0.1", port, reconnectStrategy: false },
-  }) as NodeRedisClient;
+export async function admin(port: number): Promise<Admin> {
+  const c = newClient({ socket: { host: "127.0.0.1", port, reconnectStrategy: false } });
   c.on("error", () => {});
   await c.connect();
-  return c.withTypeMapping({ [RESP_TYPES.NUMBER]: String }) as NodeRedisClient;
+  return c.withTypeMapping({ [RESP_TYPES.NUMBER]: String });
 }
 
 /** One redis-server with the module loaded. */
@@ -97,7 +120,7 @@ export class Server implements AsyncDisposable {
   port = 0;
   proc: ChildProcess | undefined;
   stopped = false;
-  #admin: NodeRedisClient | undefined;
+  #admin: Admin | undefined;
 
   static async start(extra: string[] = [], cluster = false): Promise<Server> {
     if (!existsSync(MODULE)) {
@@ -133,7 +156,7 @@ export class Server implements AsyncDisposable {
     await waitFor(`redis-server on ${s.port}`, async () => {
       try {
         const c = await admin(s.port);
-        await c.ping();
+        await c.sendCommand(["PING"]);
         s.#admin = c;
         return true;
       } catch {
@@ -144,17 +167,14 @@ export class Server implements AsyncDisposable {
   }
 
   /** The test's own connection (no retries). */
-  get admin(): NodeRedisClient {
+  get admin(): Admin {
     if (this.#admin === undefined) throw new Error("not started");
     return this.#admin;
   }
 
   /** What an application would pass to `fencelock`'s Client (not connected: the Client does not need it to be). */
-  redis(options: Record<string, unknown> = {}): NodeRedisClient {
-    return createClient({
-      socket: { host: "127.0.0.1", port: this.port },
-      ...options,
-    }) as NodeRedisClient;
+  redis(options: object = {}): NodeRedisClient {
+    return nodeRedis(this.port, options);
   }
 
   /** `INFO lock` as numbers. */
@@ -264,9 +284,10 @@ export class Cluster implements AsyncDisposable {
   }
 
   redis(): NodeRedisCluster {
-    return createCluster({
+    const create = createCluster as unknown as (options: object) => NodeRedisCluster;
+    return create({
       rootNodes: [{ socket: { host: "127.0.0.1", port: this.nodes[0]?.port ?? 0 } }],
-    }) as NodeRedisCluster;
+    });
   }
 
   async kill(): Promise<void> {
