@@ -69,6 +69,7 @@ struct Workload {
     models: BTreeMap<String, ModelSpec>,
     stop: Stop,
     threads: Vec<JoinHandle<()>>,
+    watcher: Option<(JoinHandle<()>, Stop)>,
     started: Instant,
 }
 
@@ -164,6 +165,16 @@ fn start(label: &str, target: &Target, plan: &Plan) -> Workload {
             }));
         }
     }
+    let watched: Stop = Arc::default();
+    let watcher = match target {
+        Target::Single(port) => Some(watch_stuck(
+            label,
+            &rec,
+            Arc::clone(port),
+            Arc::clone(&watched),
+        )),
+        Target::Cluster(_) => None,
+    };
     Workload {
         label: label.to_string(),
         seed,
@@ -172,8 +183,63 @@ fn start(label: &str, target: &Target, plan: &Plan) -> Workload {
         models,
         stop,
         threads,
+        watcher: watcher.map(|h| (h, watched)),
         started: Instant::now(),
     }
+}
+
+/// Reports operations left without an answer for seconds (a waiter the
+/// server never answered, a lost reply) with the server's view of their
+/// key, once each: the history shows them as unknown, this says why.
+fn watch_stuck(
+    label: &str,
+    rec: &Recorder,
+    port: Arc<std::sync::atomic::AtomicU16>,
+    stop: Stop,
+) -> JoinHandle<()> {
+    let (label, rec) = (label.to_string(), rec.clone());
+    std::thread::spawn(move || {
+        let mut reported = std::collections::BTreeSet::new();
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = testkit::history::mono_ns();
+            for (i, e) in rec.entries().iter().enumerate() {
+                if e.complete_ns.is_some() || now - e.invoke_ns < 2_000_000_000 {
+                    continue;
+                }
+                if !reported.insert(i) {
+                    continue;
+                }
+                let server = |args: &[&str]| {
+                    Command::new("redis-cli")
+                        .arg("-p")
+                        .arg(port.load(Ordering::SeqCst).to_string())
+                        .args(args)
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).replace('\n', " | "))
+                        .unwrap_or_default()
+                };
+                eprintln!(
+                    "{label}: no answer for {:.1} s: process {} {:?} on {}; LOCK.INFO: {}; blocked clients: {}; {}",
+                    (now - e.invoke_ns) as f64 / 1e9,
+                    e.process,
+                    e.op,
+                    e.key,
+                    server(&["LOCK.INFO", &e.key]),
+                    server(&["CLIENT", "LIST"])
+                        .split(" | ")
+                        .filter(|l| !l.contains("cmd=client|list"))
+                        .collect::<Vec<_>>()
+                        .join(" / "),
+                    server(&["INFO", "lock"])
+                        .split(" | ")
+                        .filter(|l| l.contains("wait") || l.contains("held") || l.contains("sched"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+        }
+    })
 }
 
 impl Workload {
@@ -192,6 +258,10 @@ impl Workload {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads {
             t.join().expect("a client thread panicked");
+        }
+        if let Some((h, done)) = self.watcher {
+            done.store(true, Ordering::SeqCst);
+            h.join().expect("the watcher panicked");
         }
         self.rec.extend(more);
         History {
@@ -220,6 +290,21 @@ fn checked(h: &History) -> (Report, Option<PathBuf>) {
         started.elapsed(),
         report.describe()
     );
+    for e in h
+        .entries
+        .iter()
+        .filter(|e| e.complete_ns.is_none())
+        .take(10)
+    {
+        eprintln!(
+            "{}: unknown outcome: process {} key {} at {:.3} ms: {:?}",
+            h.label,
+            e.process,
+            e.key,
+            (e.invoke_ns - h.entries[0].invoke_ns) as f64 / 1e6,
+            e.op
+        );
+    }
     let saved = (!report.is_ok()).then(|| {
         let path = linearizable::save_for_replay(h);
         eprintln!("{}: history saved to {}", h.label, path.display());
@@ -632,4 +717,68 @@ fn replay_a_saved_history() {
     let path = std::env::var_os("FENCELOCK_REPLAY").expect("FENCELOCK_REPLAY=<history.json>");
     let report = linearizable::replay(&PathBuf::from(path));
     assert!(report.is_ok(), "{}", report.describe());
+}
+
+/// Found by these runs (a waiter left without an answer for the whole read
+/// timeout, the server showing it neither blocked nor owed a reply): a
+/// `WAIT` whose timeout falls within a few milliseconds before the
+/// holder's lease ends — the same turn of the event loop, woken by the
+/// lease timer — is never answered, neither nil nor a token. Ignored until
+/// the module answers it; run with `-- --ignored`.
+#[test]
+#[ignore = "module bug: a WAIT timing out in the event-loop turn of the holder's expiry gets no reply"]
+fn a_waiter_timing_out_as_the_lease_ends_is_answered() {
+    let server = Server::start();
+    let port = server.port;
+    // How early the wait ended (ms), and the answer (None: none came).
+    type Answered = (u64, Option<Result<Option<i64>, String>>);
+    let waiters: Vec<JoinHandle<Answered>> = (0..24u64)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let url = format!("redis://127.0.0.1:{port}/");
+                let client = redis::Client::open(url).unwrap();
+                let mut holder = client.get_connection().unwrap();
+                let mut waiter = client.get_connection().unwrap();
+                waiter
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let key = format!("edge:{n}");
+                let granted = Instant::now();
+                let _: i64 = redis::cmd("LOCK.ACQUIRE")
+                    .arg(&key)
+                    .arg("holder")
+                    .arg(300)
+                    .query(&mut holder)
+                    .unwrap();
+                // The wait ends `early` ms before the lease: 0 to 11 ms.
+                let early = n / 2;
+                let spent = granted.elapsed().as_millis() as u64;
+                let wait = 300u64.saturating_sub(spent + early).max(1);
+                let answer: redis::RedisResult<Option<i64>> = redis::cmd("LOCK.ACQUIRE")
+                    .arg(&key)
+                    .arg("waiter")
+                    .arg(300)
+                    .arg("WAIT")
+                    .arg(wait)
+                    .query(&mut waiter);
+                let answer = match answer {
+                    Ok(v) => Some(Ok(v)),
+                    Err(e) if e.is_timeout() => None,
+                    Err(e) => Some(Err(e.to_string())),
+                };
+                (early, answer)
+            })
+        })
+        .collect();
+    let unanswered: Vec<u64> = waiters
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|(_, a)| a.is_none())
+        .map(|(early, _)| early)
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "{} of 24 waiters got no answer in 10 s (their wait ended this many ms before the lease: {unanswered:?})",
+        unanswered.len()
+    );
 }

@@ -123,7 +123,7 @@ fn connect(port: u16) -> Option<redis::Connection> {
         .ok()?;
     // Longer than any pause a run makes: a stopped server's answer comes
     // late, not never.
-    c.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     Some(c)
 }
 
