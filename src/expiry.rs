@@ -3,16 +3,25 @@
 //! hands each freed lock to its first waiter. While Redis pauses writes it
 //! waits, and expires everything due right after the pause.
 
+use std::time::Instant;
+
 use redis_module::Context;
 
 use crate::key::LockKey;
 use crate::metrics::{bump, STATS};
 use crate::redis::calls;
+use crate::rules::schedule::DueLease;
 use crate::state::{self, is_master, now_ms};
 
-/// How many leases one run of the expiry timer removes at most before it
-/// yields to the event loop (it re-arms itself at once when more are due).
-const EXPIRY_BATCH: usize = 1000;
+/// Leases one run of the expiry timer takes from the schedule at a time;
+/// it looks at the clock after each such chunk.
+const EXPIRY_CHUNK: usize = 64;
+
+/// How long one run of the expiry timer may go on before it yields to the
+/// event loop (and re-arms itself at once): a burst of many leases ending
+/// together delays other clients' commands by about this much, not by the
+/// whole burst. Redis's own fast expiry cycle uses the same budget.
+const EXPIRY_SLICE_NS: u128 = 1_000_000;
 
 /// While Redis pauses writes, the timers look again this often (the pause
 /// ends at a time Redis does not announce).
@@ -94,8 +103,31 @@ fn again_in(ctx: &Context, delay_ms: u64, now: u64) {
     state::with(|s| s.expiry_timer = id.map(|id| (id, now)));
 }
 
-/// The expiry timer fired: remove every lease that is due (in batches), hand
-/// each freed lock to its first waiter, and re-arm for the next deadline.
+/// Removes the lease `lease` if a holder still carries it (a stale entry —
+/// key deleted, overwritten, renewed — must never touch another), hands
+/// what it freed to the waiters.
+fn expire(ctx: &Context, lease: DueLease, now: u64) {
+    if !calls::select_db(ctx, lease.at.db) {
+        return;
+    }
+    let name = calls::key_string(ctx, &lease.at.key);
+    let key = LockKey::open(ctx, &name);
+    if let Ok(Some(lock)) = key.lock() {
+        if let Some(holder) = lock
+            .find_lease(lease.token, lease.deadline_ms)
+            .and_then(|i| lock.remove(i))
+        {
+            bump(&STATS.expired);
+            if key.holder_gone(lock, &holder, c"lock.expire").is_ok() {
+                let _ = key.serve(now);
+            }
+        }
+    }
+}
+
+/// The expiry timer fired: remove every lease that is due (for at most
+/// [`EXPIRY_SLICE_NS`] per run), hand each freed lock to its first waiter,
+/// and re-arm for the next deadline.
 fn on_expiry_timer(ctx: &Context) {
     state::with(|s| s.expiry_timer = None);
     if !is_master(ctx) {
@@ -109,26 +141,13 @@ fn on_expiry_timer(ctx: &Context) {
         again_in(ctx, PAUSED_RETRY_MS, now);
         return;
     }
-    let due = state::with(|s| s.schedule.pop_due(now, EXPIRY_BATCH));
-    let more = due.len() == EXPIRY_BATCH;
-    for lease in due {
-        if !calls::select_db(ctx, lease.at.db) {
-            continue;
-        }
-        let name = calls::key_string(ctx, &lease.at.key);
-        let key = LockKey::open(ctx, &name);
-        // Act only on the very share this entry was made for: a stale entry
-        // (key deleted, overwritten, renewed) must never touch another.
-        if let Ok(Some(lock)) = key.lock() {
-            if let Some(holder) = lock
-                .find_lease(lease.token, lease.deadline_ms)
-                .and_then(|i| lock.remove(i))
-            {
-                bump(&STATS.expired);
-                if key.holder_gone(lock, &holder, c"lock.expire").is_ok() {
-                    let _ = key.serve(now);
-                }
-            }
+    let started = Instant::now();
+    let mut more = true;
+    while more && started.elapsed().as_nanos() < EXPIRY_SLICE_NS {
+        let due = state::with(|s| s.schedule.pop_due(now, EXPIRY_CHUNK));
+        more = due.len() == EXPIRY_CHUNK;
+        for lease in due {
+            expire(ctx, lease, now);
         }
     }
     if more {

@@ -160,7 +160,10 @@ async fn measure(
             Scenario::Handoff => {
                 (results.handoff, results.fifo) = scenarios::handoff::run(&mut ctx).await?
             }
-            Scenario::Expiry => results.expiry = scenarios::expiry::run(&mut ctx).await?,
+            Scenario::Expiry => {
+                results.expiry = scenarios::expiry::run(&mut ctx).await?;
+                results.burst = scenarios::expiry::burst(&mut ctx).await?;
+            }
             Scenario::Scale => results.scale = scenarios::scale::run(&mut ctx).await?,
             Scenario::Watchdog => results.watchdog = scenarios::watchdog::run(&mut ctx).await?,
             Scenario::RwLock => results.rwlock = scenarios::rwlock::run(&mut ctx).await?,

@@ -48,6 +48,8 @@ pub struct Plan {
     pub exp_spread_ms: u64,
     /// Scenario 4: how long after the last deadline to wait for stragglers.
     pub exp_grace_ms: u64,
+    /// Scenario 4b: leases that all end at the same moment.
+    pub burst_leases: usize,
     /// Scenarios 5 and 6: the small and the large number of live locks.
     pub scale_sizes: Vec<usize>,
     /// Scenario 6: acquire latency samples per size.
@@ -101,6 +103,7 @@ impl Plan {
             exp_sizes: vec![1_000, 100_000, 1_000_000],
             exp_spread_ms: 10_000,
             exp_grace_ms: 20_000,
+            burst_leases: 100_000,
             scale_sizes: vec![1_000, 1_000_000],
             lat_samples: 20_000,
             wd_locks: 100_000,
@@ -134,6 +137,7 @@ impl Plan {
                 exp_sizes: vec![1_000, 20_000],
                 exp_spread_ms: 1_000,
                 exp_grace_ms: 3_000,
+                burst_leases: 10_000,
                 scale_sizes: vec![1_000, 50_000],
                 lat_samples: 1_000,
                 wd_locks: 5_000,

@@ -35,6 +35,7 @@ pub fn render(r: &Results, chart: &str) -> String {
     cpu(&mut s, r);
     handoff(&mut s, r);
     expiry(&mut s, r);
+    burst(&mut s, r);
     scale(&mut s, r);
     watchdog(&mut s, r);
     rwlock(&mut s, r);
@@ -318,6 +319,46 @@ fn expiry(s: &mut String, r: &Results) {
             num(x.removed as f64),
             x.missing + x.early,
             x.load_ms / 1000.0
+        );
+    }
+    s.push('\n');
+}
+
+fn burst(s: &mut String, r: &Results) {
+    if r.burst.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "#### 4b. Other clients during a burst of {} leases ending at the same moment (`DBSIZE` probes back to back from the deadline until no key is left)\n",
+        num(r.plan.burst_leases as f64)
+    );
+    head(
+        s,
+        &[
+            "implementation",
+            "probe p50 ms",
+            "probe p99 ms",
+            "probe max ms",
+            "probes",
+            "drained after ms",
+            "left",
+        ],
+    );
+    for x in &r.burst {
+        let name = match x.imp {
+            Impl::Module => "fencelock",
+            _ => "plain PX keys",
+        };
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            num(x.probe_ms.p50),
+            num(x.probe_ms.p99),
+            num(x.probe_ms.max),
+            num(x.probe_ms.count as f64),
+            num(x.drain_ms),
+            x.left
         );
     }
     s.push('\n');

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::plan::{Mode, Plan};
 use crate::scenarios::cpu::CpuRow;
-use crate::scenarios::expiry::ExpiryRow;
+use crate::scenarios::expiry::{BurstRow, ExpiryRow};
 use crate::scenarios::handoff::{FifoRow, HandoffRow};
 use crate::scenarios::rwlock::RwRow;
 use crate::scenarios::scale::ScaleRow;
@@ -58,6 +58,8 @@ pub struct Results {
     pub fifo: Vec<FifoRow>,
     /// Scenario 4.
     pub expiry: Vec<ExpiryRow>,
+    /// Scenario 4b.
+    pub burst: Vec<BurstRow>,
     /// Scenarios 5 and 6.
     pub scale: Vec<ScaleRow>,
     /// Scenario 7.
@@ -83,6 +85,7 @@ impl Results {
             handoff: Vec::new(),
             fifo: Vec::new(),
             expiry: Vec::new(),
+            burst: Vec::new(),
             scale: Vec::new(),
             watchdog: Vec::new(),
             rwlock: Vec::new(),

@@ -22,6 +22,7 @@ pub fn evaluate(r: &Results) -> Vec<TargetResult> {
     cpu(r, &mut out);
     handoff(r, &mut out);
     expiry(r, &mut out);
+    burst(r, &mut out);
     memory(r, &mut out);
     scale(r, &mut out);
     watchdog(r, &mut out);
@@ -170,6 +171,35 @@ fn handoff(r: &Results, out: &mut Vec<TargetResult>) {
             Some(f.in_order),
         ));
     }
+}
+
+fn burst(r: &Results, out: &mut Vec<TargetResult>) {
+    let Some(m) = r.burst.iter().find(|x| x.imp == Impl::Module) else {
+        return;
+    };
+    let px = r
+        .burst
+        .iter()
+        .find(|x| x.imp == Impl::SetNx)
+        .map(|b| format!("; PX keys: p99 {} ms", num(b.probe_ms.p99)))
+        .unwrap_or_default();
+    out.push(t(
+        4,
+        format!(
+            "other commands p99 ≤ 5 ms during a burst of {} simultaneous expiries",
+            num(r.plan.burst_leases as f64)
+        ),
+        format!(
+            "p99 {} ms (p50 {}, max {}) over {} probes, drained in {} ms, {} left{px}",
+            num(m.probe_ms.p99),
+            num(m.probe_ms.p50),
+            num(m.probe_ms.max),
+            m.probe_ms.count,
+            num(m.drain_ms),
+            m.left
+        ),
+        Some(m.probe_ms.p99 <= 5.0 && m.left == 0),
+    ));
 }
 
 fn expiry(r: &Results, out: &mut Vec<TargetResult>) {

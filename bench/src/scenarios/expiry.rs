@@ -16,6 +16,12 @@
 //!
 //! Baseline: `SET key owner PX ttl` keys left to Redis's own expiry (the
 //! same for baseline 1's locks and baseline 2's hashes).
+//!
+//! 4b, the burst: `burst_leases` leases that all end at the same moment,
+//! and a probe client that sends `DBSIZE` back to back (depth 1) from just
+//! before that moment until every key is gone: the latency of those probes
+//! is what any other client's command waits while the server expires the
+//! burst.
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +58,21 @@ pub struct ExpiryRow {
     pub lateness_ms: Summary,
 }
 
+/// Scenario 4b at one implementation.
+#[derive(Clone, Debug, Serialize)]
+pub struct BurstRow {
+    /// `module`, or `setnx` for plain PX keys.
+    pub imp: Impl,
+    /// Leases ending together.
+    pub leases: usize,
+    /// From the deadline to the probe that saw no key left, ms.
+    pub drain_ms: f64,
+    /// Keys still there when the probe gave up (0 when drained).
+    pub left: i64,
+    /// Round trips of the probes sent between the deadline and the drain.
+    pub probe_ms: Summary,
+}
+
 const BATCH: usize = 256;
 const LOADERS: usize = 4;
 const MIN_TTL_MS: i64 = 50;
@@ -81,6 +102,77 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<ExpiryRow>> {
     }
     ctx.admin.config_set("notify-keyspace-events", "").await?;
     Ok(rows)
+}
+
+/// Scenario 4b for the module and for plain PX keys.
+pub async fn burst(ctx: &mut Ctx) -> Result<Vec<BurstRow>> {
+    let mut rows = Vec::new();
+    let candidates = [Impl::Module, Impl::SetNx];
+    let locks: Vec<Lock> = candidates.iter().filter_map(|&i| ctx.lock(i)).collect();
+    for lock in locks {
+        let row = one_burst(ctx, &lock, ctx.plan.burst_leases).await?;
+        progress(&format!(
+            "burst {} {}: probes p50 {:.2} p99 {:.2} max {:.2} ms while draining for {:.0} ms, {} left",
+            lock.imp().name(),
+            row.leases,
+            row.probe_ms.p50,
+            row.probe_ms.p99,
+            row.probe_ms.max,
+            row.drain_ms,
+            row.left
+        ));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+async fn one_burst(ctx: &mut Ctx, lock: &Lock, n: usize) -> Result<BurstRow> {
+    ctx.admin.flushall().await?;
+    // One deadline for all, after the time loading takes (4 loaders at a
+    // few hundred thousand acquires per second; generous).
+    let deadline = unix_ms_f64() + 1_000.0 + n as f64 / 20.0;
+    let mut loaders = Vec::new();
+    for c in 0..LOADERS {
+        let (lock, port) = (lock.clone(), ctx.port);
+        let mine: Vec<(usize, u64)> = (c..n).step_by(LOADERS).map(|i| (i, 0)).collect();
+        loaders.push(tokio::spawn(load(lock, port, mine, deadline)));
+    }
+    for l in loaders {
+        l.await??;
+    }
+    let mut probe = Conn::connect(ctx.port).await?;
+    let count = |r: &Reply| match r {
+        Reply::Int(k) => Ok(*k),
+        other => Err(BenchError::unexpected("DBSIZE", other)),
+    };
+    // Wait (off the server) until just before the deadline.
+    let lead = deadline - 50.0 - unix_ms_f64();
+    if lead > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(lead / 1000.0)).await;
+    }
+    let give_up = Instant::now() + Duration::from_millis(ctx.plan.exp_grace_ms);
+    let mut rtt_us = Histogram::new();
+    let (mut left, mut drained_at) = (n as i64, None);
+    while Instant::now() < give_up {
+        let sent_ms = unix_ms_f64();
+        let sent = Instant::now();
+        left = count(&probe.call(&[b"DBSIZE"]).await?)?;
+        if sent_ms >= deadline {
+            rtt_us.record(sent.elapsed().as_micros() as u64);
+        }
+        if left == 0 {
+            drained_at = Some(unix_ms_f64());
+            break;
+        }
+    }
+    ctx.admin.flushall().await?;
+    Ok(BurstRow {
+        imp: lock.imp(),
+        leases: n,
+        drain_ms: drained_at.map_or(f64::NAN, |at| at - deadline),
+        left,
+        probe_ms: rtt_us.summary(1000.0),
+    })
 }
 
 /// The event class and channel for an implementation's removals.
