@@ -110,7 +110,7 @@ function giveUp(error: unknown): unknown {
 }
 
 /** What the server said to a release, after its retries. */
-interface Released {
+export interface Released {
   /** What the owner still holds; null when it held nothing. */
   readonly remaining: number | null;
   /** The answer came to a retry: a first attempt may have been applied. */
@@ -123,8 +123,9 @@ interface Released {
  * The reply to a guard's release (`last`: it was the lease's last guard):
  * whether the guard still held it, and the leftover holds the handle should
  * clear (0: none). Marks the lease lost where the reply says it is gone.
+ * (Exported for the unit tests; not part of the package's API.)
  */
-function releaseOutcome(
+export function releaseOutcome(
   lease: Lease,
   last: boolean,
   released: Released,

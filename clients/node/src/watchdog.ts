@@ -15,6 +15,9 @@ import { type Lease, retryDelay } from "./lease.js";
 import { type Key, renewArgs } from "./protocol.js";
 import type { Transport } from "./transport.js";
 
+/** What the watchdog needs of the transport. */
+export type Renewer = Pick<Transport, "batch">;
+
 /** A renewal may go out this fraction of its interval early, to share a write with others. */
 const EARLY = 1 / 20;
 
@@ -50,7 +53,7 @@ export class Watchdog {
   /** Renewals sent and answered 1 (for tests and the benchmark). */
   renewals = 0;
 
-  constructor(readonly transport: Transport) {}
+  constructor(readonly transport: Renewer) {}
 
   watch(w: Watched): void {
     if (this.#closed) return;

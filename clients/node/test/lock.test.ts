@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { afterEach, beforeEach, test } from "node:test";
 import {
   Client,
+  ConnectionFailedError,
   InvalidOptionsError,
   LeaseLostError,
   type LostReason,
@@ -17,7 +18,7 @@ import {
   WrongTypeError,
 } from "../src/index.js";
 import { seeded } from "./seed.js";
-import { EXPIRY_SLACK, PATIENCE, Server, sleep, waitFor } from "./servers.js";
+import { EXPIRY_SLACK, freePort, nodeRedis, PATIENCE, Server, sleep, waitFor } from "./servers.js";
 
 let server: Server;
 const clients: Client[] = [];
@@ -296,6 +297,33 @@ test("errors carry the server's message", async () => {
   await assert.rejects(c.lock("job").acquire({ ttl: 0 }), InvalidOptionsError);
   await assert.rejects(c.semaphore("pool", 2).acquire({ count: 3 }), InvalidOptionsError);
   assert.equal(await sem.release(), true);
+});
+
+test("a RESP2 client reads and takes the lock as a RESP3 one does", async () => {
+  const resp2 = new Client(server.redis({ RESP: 2 }));
+  clients.push(resp2);
+  const lock = resp2.lock("job");
+  const guard = await lock.acquire({ ttl: 10_000 });
+  assert.ok(guard);
+  const seen2 = await lock.info();
+  const seen3 = await client().lock("job").info();
+  assert.deepEqual([seen2?.owner, seen2?.holds, seen2?.token], [lock.owner, 1, guard.token]);
+  assert.deepEqual([seen3?.owner, seen3?.token], [lock.owner, guard.token]);
+  const sem = resp2.semaphore("pool", 3);
+  const permits = await sem.acquire({ ttl: 10_000, count: 2 });
+  assert.ok(permits);
+  assert.equal(await sem.available(), 1);
+  assert.equal(await permits.release(), true);
+  assert.equal(await guard.release(), true);
+});
+
+test("no server: the acquire is retried for its ttl, then fails with ConnectionFailedError", async () => {
+  const port = await freePort();
+  const c = new Client(nodeRedis(port));
+  clients.push(c);
+  const start = performance.now();
+  await assert.rejects(c.lock("job").acquire({ ttl: 300 }), ConnectionFailedError);
+  assert.ok(performance.now() - start >= 299, "retried until the window's end");
 });
 
 test("a dropped guard is released", {
