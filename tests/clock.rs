@@ -13,12 +13,15 @@
     clippy::indexing_slicing
 )]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testkit::clock::ClockStep;
 use testkit::lock::{self, acquire, expect_expiry, grant_timed, renew, TimedLease};
 use testkit::replication::synced;
-use testkit::{info_int, wait_aof_settled, wait_for, Server, ServerConfig, PATIENCE};
+use testkit::timing::{before, lease_ms};
+use testkit::{
+    info_int, until_conclusive, wait_aof_settled, wait_for, Server, ServerConfig, PATIENCE,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 /// Short enough to watch end, long enough for a step and a look before it.
@@ -47,7 +50,7 @@ fn wait_offset(c: &mut redis::Connection, offset_ms: i64) {
 }
 
 /// The remaining lease `LOCK.INFO` shows (ms).
-fn ttl_ms(c: &mut redis::Connection, key: &str) -> i64 {
+fn ttl_ms_of(c: &mut redis::Connection, key: &str) -> i64 {
     lock::info(c, key).map_or(-1, |i| i.ttl)
 }
 
@@ -71,66 +74,102 @@ fn the_shim_steps_the_servers_wall_clock() {
     wait_offset(&mut c, -2 * HOUR_MS);
 }
 
+/// `LOCK.ACQUIRE key owner ttl_ms` that must re-enter with `token`, timed.
+fn reenter_timed(
+    c: &mut redis::Connection,
+    key: &str,
+    owner: &str,
+    ttl_ms: u64,
+    token: i64,
+) -> TimedLease {
+    let ttl = Duration::from_millis(ttl_ms);
+    let sent = Instant::now();
+    assert_eq!(acquire(c, key, owner, ttl_ms), Some(token), "re-entry");
+    TimedLease {
+        key: key.to_string(),
+        token,
+        earliest: sent + ttl,
+        latest: Instant::now() + ttl,
+    }
+}
+
+/// The remaining lease right after a step, checked while the lease can
+/// still be there (else the attempt proves nothing: a slow machine).
+fn left_after_step(
+    c: &mut redis::Connection,
+    lease: &TimedLease,
+    ttl_ms: u64,
+) -> Result<(), String> {
+    let left = ttl_ms_of(c, &lease.key);
+    before("the look after the step", Instant::now(), lease.earliest)?;
+    assert!(
+        left > 0 && left <= ttl_ms as i64,
+        "{left} ms left on {} after the step",
+        lease.key
+    );
+    Ok(())
+}
+
 #[test]
 fn a_forward_step_ends_no_lease_early() {
-    let clock = ClockStep::new();
-    let s = stepped_server(&clock, Server::config());
-    let mut c = s.conn();
-    let lease = grant_timed(&mut c, "k", "a", TTL_MS);
-    clock.step_ms(HOUR_MS);
-    let left = ttl_ms(&mut c, "k");
-    assert!(
-        left > 0 && left <= TTL_MS as i64,
-        "{left} ms left after the step"
-    );
-    // Neither before its deadline nor long after it.
-    expect_expiry(&mut c, &[lease]);
-    assert_eq!(info_int(&mut c, "lock", "lock_expired"), 1);
+    until_conclusive(|attempt| {
+        let ttl = lease_ms(TTL_MS, attempt);
+        let clock = ClockStep::new();
+        let s = stepped_server(&clock, Server::config());
+        let mut c = s.conn();
+        let lease = grant_timed(&mut c, "k", "a", ttl);
+        clock.step_ms(HOUR_MS);
+        left_after_step(&mut c, &lease, ttl)?;
+        // Neither before its deadline nor long after it.
+        expect_expiry(&mut c, &[lease]);
+        assert_eq!(info_int(&mut c, "lock", "lock_expired"), 1);
+        Ok(())
+    });
 }
 
 #[test]
 fn a_backward_step_keeps_no_lease_past_its_length() {
-    let clock = ClockStep::new();
-    let s = stepped_server(&clock, Server::config());
-    let mut c = s.conn();
-    // Taken before the step: the module's timer was armed on the old wall
-    // clock, and Redis 7.0 times module timers by the wall clock.
-    let before = grant_timed(&mut c, "before", "a", TTL_MS);
-    clock.step_ms(-HOUR_MS);
-    let left = ttl_ms(&mut c, "before");
-    assert!(
-        left > 0 && left <= TTL_MS as i64,
-        "{left} ms left after the step"
-    );
-    // Taken after it, a little later than the first.
-    let after = grant_timed(&mut c, "after", "b", TTL_MS + 500);
-    expect_expiry(&mut c, &[before, after]);
+    until_conclusive(|attempt| {
+        let ttl = lease_ms(TTL_MS, attempt);
+        let clock = ClockStep::new();
+        let s = stepped_server(&clock, Server::config());
+        let mut c = s.conn();
+        // Taken before the step: the module's timer was armed on the old
+        // wall clock, and Redis 7.0 times module timers by the wall clock.
+        let before_step = grant_timed(&mut c, "before", "a", ttl);
+        clock.step_ms(-HOUR_MS);
+        left_after_step(&mut c, &before_step, ttl)?;
+        // Taken after it, a little longer than the first.
+        let after_step = grant_timed(&mut c, "after", "b", ttl + 500);
+        expect_expiry(&mut c, &[before_step, after_step]);
+        Ok(())
+    });
 }
 
 #[test]
 fn renewal_and_reentry_after_a_step_count_from_now() {
-    let clock = ClockStep::new();
-    let s = stepped_server(&clock, Server::config());
-    let mut c = s.conn();
-    let t = acquire(&mut c, "k", "a", LONG_MS).unwrap();
-    clock.step_ms(-HOUR_MS);
-    assert_eq!(renew(&mut c, "k", "a", TTL_MS), 1);
-    let left = ttl_ms(&mut c, "k");
-    assert!(left > 0 && left <= TTL_MS as i64, "{left} ms after renew");
-    clock.step_ms(2 * HOUR_MS);
-    assert_eq!(acquire(&mut c, "k", "a", TTL_MS), Some(t), "re-entry");
-    let left = ttl_ms(&mut c, "k");
-    assert!(
-        left > 0 && left <= TTL_MS as i64,
-        "{left} ms after re-entry"
-    );
-    let lease = TimedLease {
-        key: "k".into(),
-        token: t,
-        earliest: std::time::Instant::now(),
-        latest: std::time::Instant::now() + Duration::from_millis(TTL_MS),
-    };
-    expect_expiry(&mut c, &[lease]);
+    until_conclusive(|attempt| {
+        let ttl = lease_ms(TTL_MS, attempt);
+        let clock = ClockStep::new();
+        let s = stepped_server(&clock, Server::config());
+        let mut c = s.conn();
+        let t = acquire(&mut c, "k", "a", LONG_MS).unwrap();
+        clock.step_ms(-HOUR_MS);
+        let sent = Instant::now();
+        assert_eq!(renew(&mut c, "k", "a", ttl), 1);
+        let renewed = TimedLease {
+            key: "k".into(),
+            token: t,
+            earliest: sent + Duration::from_millis(ttl),
+            latest: Instant::now() + Duration::from_millis(ttl),
+        };
+        left_after_step(&mut c, &renewed, ttl)?;
+        clock.step_ms(2 * HOUR_MS);
+        let reentered = reenter_timed(&mut c, "k", "a", ttl, t);
+        left_after_step(&mut c, &reentered, ttl)?;
+        expect_expiry(&mut c, &[reentered]);
+        Ok(())
+    });
 }
 
 #[test]
@@ -198,7 +237,7 @@ fn the_aof_and_a_restart_keep_the_remaining_lease_after_a_step() {
         0,
         "a new anchor"
     );
-    let left = ttl_ms(&mut c, "k");
+    let left = ttl_ms_of(&mut c, "k");
     assert!(
         left > (LONG_MS as i64) - 120_000 && left <= LONG_MS as i64,
         "{left} ms left after the restart"
@@ -210,7 +249,7 @@ fn the_aof_and_a_restart_keep_the_remaining_lease_after_a_step() {
         .arg("RELOAD")
         .query::<()>(&mut c)
         .unwrap();
-    let after_reload = ttl_ms(&mut c, "k");
+    let after_reload = ttl_ms_of(&mut c, "k");
     assert!(
         after_reload > (LONG_MS as i64) - 120_000 && after_reload <= left,
         "{after_reload} ms left after the reload ({left} before)"
@@ -235,8 +274,8 @@ fn a_replica_gets_wall_clock_deadlines_from_a_stepped_master() {
     acquire(&mut m, "k", "a", LONG_MS).unwrap();
     synced(&mut m, 1);
     let mut r = replica.conn();
-    let on_replica = ttl_ms(&mut r, "k");
-    let on_master = ttl_ms(&mut m, "k");
+    let on_replica = ttl_ms_of(&mut r, "k");
+    let on_master = ttl_ms_of(&mut m, "k");
     assert!(
         on_replica > (LONG_MS as i64) - 120_000 && on_replica <= LONG_MS as i64,
         "{on_replica} ms left on the replica ({on_master} on the master)"
