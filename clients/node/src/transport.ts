@@ -340,10 +340,18 @@ export class Transport {
     let ask = false;
     for (let i = 0; i < MAX_REDIRECTS; i++) {
       const commands = ask ? [["ASKING"], args] : [args];
-      const replies =
-        waiting === undefined
-          ? await node.quick(commands)
-          : await node.waiting(commands, waiting.timeout, waiting.signal);
+      let replies: unknown[];
+      try {
+        replies =
+          waiting === undefined
+            ? await node.quick(commands)
+            : await node.waiting(commands, waiting.timeout, waiting.signal);
+      } catch (e) {
+        // A master that does not answer may have failed over: the retry
+        // should find its slots where they are now.
+        if (this.cluster && e instanceof ConnectionError) void this.refresh().catch(() => {});
+        throw e;
+      }
       const reply = replies[replies.length - 1];
       const to = redirect(reply);
       if (to === undefined) {
@@ -389,10 +397,12 @@ export class Transport {
           }
         } catch (e) {
           for (const i of indexes) results[i] = e;
+          moved ||= this.cluster && e instanceof ConnectionError;
         }
       }),
     );
-    if (moved) await this.refresh().catch(() => {});
+    // Redirected or unreachable: the next renewals use a fresh slot table.
+    if (moved) void this.refresh().catch(() => {});
     return results;
   }
 
