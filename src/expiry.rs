@@ -74,6 +74,7 @@ pub fn on_cron(ctx: &Context) {
         ensure_armed(ctx);
     }
     crate::events::rearm_sweep_timer(ctx);
+    crate::waiting::rearm_wait_timer(ctx);
 }
 
 /// [`ensure_armed`] from a callback that has no context of its own.

@@ -44,6 +44,9 @@ pub struct State {
     pub unserved: HashSet<QueueKey>,
     /// The sweep timer, when armed.
     pub sweep_timer: Option<u64>,
+    /// The wait timer (ends `WAIT`s that time out): its id and the wait
+    /// deadline it was armed for.
+    pub wait_timer: Option<(u64, u64)>,
     /// Lock values that left their key by a generic command and may live on
     /// under another name (RENAME, MOVE): value address → token. Found again
     /// by the sweep timer and tracked under their new name.

@@ -1,7 +1,16 @@
 //! Blocked acquirers (`LOCK.ACQUIRE ... WAIT`): blocking a client into its
 //! key's FIFO queue, and the four ways a wait ends — granted by a hand-off
-//! (`key::LockKey::hand_off`), timed out, unblocked by `CLIENT UNBLOCK`, or
+//! (`key::LockKey::serve`), timed out, unblocked by `CLIENT UNBLOCK`, or
 //! abandoned by a disconnect (`CLIENT KILL`, a closed socket, demotion).
+//!
+//! Waits are timed out by the module's own timer, on the lease clock, not
+//! by Redis's blocked-client timeout: in Redis 7.0 a client answered by the
+//! module (`RedisModule_UnblockClient`) whose timeout passes before the
+//! answer is written is unblocked with no reply at all (the timeout sees it
+//! answered and skips the timeout callback, then detaches the client from
+//! the pending answer) — a waiter granted in the event-loop turn its wait
+//! ended would never hear of its grant. With one way to end a wait there
+//! is no such race, and a step of the wall clock does not move waits.
 
 use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
@@ -11,7 +20,7 @@ use crate::metrics::{bump, STATS};
 use crate::redis::calls::{self, WaitHandlers, WaitOutcome};
 use crate::rules::args::Acquire;
 use crate::rules::queue::{Waiter, WaiterId};
-use crate::state;
+use crate::state::{self, now_ms};
 
 /// What Redis's callbacks for a blocked acquirer do.
 static HANDLERS: WaitHandlers = WaitHandlers {
@@ -29,7 +38,8 @@ pub fn block(
     wait_ms: Option<u64>,
     now_ms: u64,
 ) -> RedisResult {
-    let Some(id) = calls::block_client(ctx, wait_ms.unwrap_or(0), &HANDLERS) else {
+    // No timeout for Redis to enforce: ours is the wait timer below.
+    let Some(id) = calls::block_client(ctx, 0, &HANDLERS) else {
         return Err(RedisError::Str("ERR could not block the client"));
     };
     let waiter = Waiter {
@@ -41,7 +51,50 @@ pub fn block(
         wait_deadline_ms: wait_ms.map(|ms| now_ms.saturating_add(ms)),
     };
     state::with(|s| s.queues.push(key.db(), key.name(), waiter));
+    arm_wait_timer(ctx);
     Ok(RedisValue::NoReply)
+}
+
+/// Makes sure the wait timer fires by the earliest wait deadline.
+fn arm_wait_timer(ctx: &Context) {
+    let plan = state::with(|s| {
+        let next = s.queues.next_wait_deadline()?;
+        match s.wait_timer {
+            Some((_, armed_for)) if armed_for <= next => None,
+            current => Some((current.map(|(id, _)| id), next)),
+        }
+    });
+    let Some((old, next)) = plan else {
+        return;
+    };
+    if let Some(id) = old {
+        calls::stop_timer(ctx, id);
+    }
+    let id = calls::start_timer(ctx, next.saturating_sub(now_ms()), on_wait_timer);
+    state::with(|s| s.wait_timer = id.map(|id| (id, next)));
+}
+
+/// Re-arms the wait timer (the wall clock was stepped, and Redis times
+/// module timers by it: see `expiry::on_cron`).
+pub fn rearm_wait_timer(ctx: &Context) {
+    if let Some((id, _)) = state::with(|s| s.wait_timer.take()) {
+        calls::stop_timer(ctx, id);
+    }
+    arm_wait_timer(ctx);
+}
+
+/// The wait timer fired: every wait that has ended leaves its queue and is
+/// answered nil; then the timer is armed for the next wait deadline.
+fn on_wait_timer(ctx: &Context) {
+    state::with(|s| s.wait_timer = None);
+    let ended = state::with(|s| s.queues.timed_out(now_ms()));
+    for id in ended {
+        if leave(id) {
+            bump(&STATS.wait_timeouts);
+            calls::unblock_client(id, WaitOutcome::Nil);
+        }
+    }
+    arm_wait_timer(ctx);
 }
 
 /// Writes a blocked client's reply.
@@ -61,8 +114,8 @@ fn reply(ctx: &Context, outcome: WaitOutcome) {
     }
 }
 
-/// The wait timed out (or `CLIENT UNBLOCK` without ERROR): leave the queue,
-/// answer nil.
+/// `CLIENT UNBLOCK` without ERROR (Redis calls it the timeout; the module's
+/// own waits end by the wait timer): leave the queue, answer nil.
 fn timed_out(ctx: &Context, id: WaiterId) {
     if leave(id) {
         bump(&STATS.wait_timeouts);

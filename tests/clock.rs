@@ -20,7 +20,8 @@ use testkit::lock::{self, acquire, expect_expiry, grant_timed, renew, TimedLease
 use testkit::replication::synced;
 use testkit::timing::{before, lease_ms};
 use testkit::{
-    info_int, until_conclusive, wait_aof_settled, wait_for, Server, ServerConfig, PATIENCE,
+    info_int, until_conclusive, wait_aof_settled, wait_for, Server, ServerConfig, EXPIRY_SLACK,
+    PATIENCE,
 };
 
 const HOUR_MS: i64 = 3_600_000;
@@ -280,4 +281,35 @@ fn a_replica_gets_wall_clock_deadlines_from_a_stepped_master() {
         on_replica > (LONG_MS as i64) - 120_000 && on_replica <= LONG_MS as i64,
         "{on_replica} ms left on the replica ({on_master} on the master)"
     );
+}
+
+#[test]
+fn a_wait_ends_after_its_length_whatever_the_wall_clock_does() {
+    // Waits are timed by the module on the lease clock, not by Redis's
+    // blocked-client timeout on the wall clock.
+    const WAIT_MS: u64 = 2_000;
+    let clock = ClockStep::new();
+    let s = stepped_server(&clock, Server::config());
+    let mut c = s.conn();
+    acquire(&mut c, "k", "holder", LONG_MS).unwrap();
+    let back = lock::spawn_waiter(&s, "k", "back", LONG_MS, WAIT_MS);
+    lock::wait_key_waiters(&mut c, "k", 1);
+    clock.step_ms(-HOUR_MS);
+    let (answer, waited) = back.join_timed();
+    assert_eq!(answer.unwrap(), None, "timed out");
+    assert!(
+        waited >= Duration::from_millis(WAIT_MS - 50)
+            && waited < Duration::from_millis(WAIT_MS) + EXPIRY_SLACK,
+        "waited {waited:?} with the clock stepped back"
+    );
+    let ahead = lock::spawn_waiter(&s, "k", "ahead", LONG_MS, WAIT_MS);
+    lock::wait_key_waiters(&mut c, "k", 1);
+    clock.step_ms(2 * HOUR_MS);
+    let (answer, waited) = ahead.join_timed();
+    assert_eq!(answer.unwrap(), None, "timed out");
+    assert!(
+        waited >= Duration::from_millis(WAIT_MS - 50),
+        "waited only {waited:?} with the clock stepped ahead"
+    );
+    assert_eq!(info_int(&mut c, "lock", "lock_wait_timeouts"), 2);
 }

@@ -6,7 +6,7 @@
 //! layer uses the blocked-client handle's address). Waiters are never
 //! persisted; they live only as long as their clients stay blocked.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use super::clock::Now;
 use super::lock::{Admit, FencingToken, Lock, Refusal, TokenGenerator, Want};
@@ -30,7 +30,7 @@ pub struct Waiter {
     pub request_id: Option<Vec<u8>>,
     /// The lease it asked for, applied from the moment of the hand-off.
     pub ttl_ms: u64,
-    /// When its wait ends (Unix ms), or `None` for `WAIT 0`.
+    /// When its wait ends (lease clock, ms), or `None` for `WAIT 0`.
     pub wait_deadline_ms: Option<u64>,
 }
 
@@ -67,6 +67,9 @@ pub struct Service {
 pub struct WaitQueues {
     queues: HashMap<QueueKey, VecDeque<Waiter>>,
     location: HashMap<WaiterId, QueueKey>,
+    /// The waits that end, by when: the module times waits out itself
+    /// (see `waiting`), never Redis.
+    deadlines: BTreeSet<(u64, WaiterId)>,
 }
 
 impl WaitQueues {
@@ -74,7 +77,31 @@ impl WaitQueues {
     pub fn push(&mut self, db: i32, key: &[u8], waiter: Waiter) {
         let k: QueueKey = (db, key.into());
         self.location.insert(waiter.id, k.clone());
+        if let Some(d) = waiter.wait_deadline_ms {
+            self.deadlines.insert((d, waiter.id));
+        }
         self.queues.entry(k).or_default().push_back(waiter);
+    }
+
+    /// Forgets where a waiter that left its queue was, and when its wait
+    /// would have ended.
+    fn forget(&mut self, w: &Waiter) {
+        forget(&mut self.location, &mut self.deadlines, w);
+    }
+
+    /// The earliest end of a wait, if any wait has one.
+    pub fn next_wait_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|(d, _)| *d)
+    }
+
+    /// The waiters whose wait has ended at `now_ms` (still queued: take each
+    /// out with [`WaitQueues::remove`]).
+    pub fn timed_out(&self, now_ms: u64) -> Vec<WaiterId> {
+        self.deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now_ms)
+            .map(|(_, id)| *id)
+            .collect()
     }
 
     /// Takes a waiter out of its queue (timeout, disconnect, unblock).
@@ -83,11 +110,13 @@ impl WaitQueues {
     /// still wait in: they may fit now (a semaphore waiter needing fewer
     /// permits, readers behind a writer), so the queue must be served.
     pub fn remove(&mut self, id: WaiterId) -> Option<(Waiter, Option<QueueKey>)> {
-        let k = self.location.remove(&id)?;
+        let k = self.location.get(&id)?.clone();
         let q = self.queues.get_mut(&k)?;
         let pos = q.iter().position(|w| w.id == id)?;
         let w = q.remove(pos)?;
-        if q.is_empty() {
+        let emptied = q.is_empty();
+        self.forget(&w);
+        if emptied {
             self.queues.remove(&k);
             return Some((w, None));
         }
@@ -148,7 +177,12 @@ impl WaitQueues {
             return out;
         }
         let k: QueueKey = (db, key.into());
-        let Some(q) = self.queues.get_mut(&k) else {
+        let Self {
+            queues,
+            location,
+            deadlines,
+        } = self;
+        let Some(q) = queues.get_mut(&k) else {
             return out;
         };
         while let Some(head) = q.front() {
@@ -161,7 +195,7 @@ impl WaitQueues {
                 }
             };
             let Some(w) = q.pop_front() else { break };
-            self.location.remove(&w.id);
+            forget(location, deadlines, &w);
             match verdict {
                 None => out.timed_out.push(w),
                 Some(verdict) => grant(lock, tokens, now, w, verdict, &mut out),
@@ -177,7 +211,7 @@ impl WaitQueues {
                 });
                 match reentry {
                     Some(i) if !w.gave_up(now_ms) => {
-                        self.location.remove(&w.id);
+                        forget(location, deadlines, &w);
                         grant(lock, tokens, now, w, Admit::Reenter(i), &mut out);
                     }
                     _ => rest.push_back(w),
@@ -186,7 +220,7 @@ impl WaitQueues {
             *q = rest;
         }
         if q.is_empty() {
-            self.queues.remove(&k);
+            queues.remove(&k);
         }
         out
     }
@@ -197,7 +231,7 @@ impl WaitQueues {
             return Vec::new();
         };
         for w in &q {
-            self.location.remove(&w.id);
+            self.forget(w);
         }
         q.into()
     }
@@ -209,6 +243,18 @@ impl WaitQueues {
             .filter(|(d, _)| db.is_none_or(|want| *d == want))
             .cloned()
             .collect()
+    }
+}
+
+/// [`WaitQueues::forget`] on the two indexes (for borrows that hold a queue).
+fn forget(
+    location: &mut HashMap<WaiterId, QueueKey>,
+    deadlines: &mut BTreeSet<(u64, WaiterId)>,
+    w: &Waiter,
+) {
+    location.remove(&w.id);
+    if let Some(d) = w.wait_deadline_ms {
+        deadlines.remove(&(d, w.id));
     }
 }
 
@@ -286,6 +332,41 @@ mod tests {
         let mut tokens = TokenGenerator::default();
         tokens.observe(100);
         q.serve(0, b"k", lock, &mut tokens, Now::at(now))
+    }
+
+    #[test]
+    fn waits_end_in_deadline_order_and_a_waiter_that_left_is_forgotten() {
+        let mut q = WaitQueues::default();
+        q.push(0, b"k", w(1, "a", X, Some(300)));
+        q.push(0, b"k", w(2, "b", X, None));
+        q.push(0, b"j", w(3, "c", X, Some(100)));
+        q.push(0, b"k", w(4, "d", X, Some(200)));
+        assert_eq!(q.next_wait_deadline(), Some(100));
+        assert_eq!(q.timed_out(99), Vec::<usize>::new());
+        assert_eq!(q.timed_out(200), vec![3, 4]);
+        // Removed (the wait timer, a disconnect): its deadline goes too.
+        assert!(q.remove(3).is_some());
+        assert_eq!(q.next_wait_deadline(), Some(200));
+        // Granted by a hand-off: forgotten as well.
+        let mut lock = Lock::default();
+        assert_eq!(ids(&serve(&mut q, &mut lock, 0).granted), vec![1]);
+        assert_eq!(q.timed_out(1000), vec![4]);
+        // All of a key's waiters taken at once (the key was deleted).
+        assert_eq!(q.take_all(0, b"k").len(), 2);
+        assert_eq!(q.next_wait_deadline(), None);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_waiter_past_its_deadline_is_answered_nil_and_forgotten() {
+        let mut q = WaitQueues::default();
+        q.push(0, b"k", w(1, "a", X, Some(50)));
+        q.push(0, b"k", w(2, "b", X, Some(500)));
+        let mut lock = Lock::default();
+        let s = serve(&mut q, &mut lock, 100);
+        assert_eq!(s.timed_out.iter().map(|w| w.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(ids(&s.granted), vec![2]);
+        assert_eq!(q.next_wait_deadline(), None);
     }
 
     #[test]
