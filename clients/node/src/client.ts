@@ -15,6 +15,7 @@
  * need exactly those permits back).
  */
 
+import "./dispose.js";
 import { randomUUID } from "node:crypto";
 import {
   ConnectionFailedError,

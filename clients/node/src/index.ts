@@ -4,11 +4,7 @@
  * the server's FIFO queue, exactly-once retries), over node-redis.
  */
 
-// `await using` calls Symbol.asyncDispose; Node 20 defines it, older runtimes
-// and some bundlers' environments may not.
-if (typeof Symbol.asyncDispose !== "symbol") {
-  Object.defineProperty(Symbol, "asyncDispose", { value: Symbol.for("Symbol.asyncDispose") });
-}
+import "./dispose.js";
 
 export {
   type AcquireOptions,
