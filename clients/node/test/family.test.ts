@@ -195,10 +195,10 @@ test("evicting one owner leaves the others", async () => {
 
 test("the watchdog keeps shared and permit leases", async () => {
   const c = client();
-  const read = await c.rwLock("doc").read().acquire({ ttl: 800 });
-  const permits = await c.semaphore("pool", 2).acquire({ ttl: 800, count: 2 });
+  const read = await c.rwLock("doc").read().acquire({ ttl: 1200 });
+  const permits = await c.semaphore("pool", 2).acquire({ ttl: 1200, count: 2 });
   assert.ok(read && permits);
-  await sleep(2400); // three ttls
+  await sleep(2400); // two ttls
   assert.equal(read.signal.aborted, false);
   assert.equal(permits.signal.aborted, false);
   assert.equal(await c.semaphore("pool", 2).available(), 0);

@@ -52,7 +52,7 @@ async function onReplica(key: string, token: bigint | null): Promise<void> {
 test("grants, renewals and releases reach the replica", async () => {
   const c = client(master);
   const lock = c.lock("job");
-  const guard = await lock.acquire({ ttl: 900 });
+  const guard = await lock.acquire({ ttl: 1500 });
   assert.ok(guard);
   await onReplica("job", guard.token);
   assert.equal((await client(replica).lock("job").info())?.owner, lock.owner);
