@@ -203,8 +203,8 @@ fn watch_stuck(
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(500));
             let now = testkit::history::mono_ns();
-            for (i, e) in rec.entries().iter().enumerate() {
-                if e.complete_ns.is_some() || now - e.invoke_ns < 2_000_000_000 {
+            for (i, e) in rec.pending() {
+                if now - e.invoke_ns < 2_000_000_000 || reported.len() >= 10 {
                     continue;
                 }
                 if !reported.insert(i) {

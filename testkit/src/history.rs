@@ -123,6 +123,12 @@ pub struct Entry {
     /// None while pending, and for unknown outcomes.
     pub complete_ns: Option<u64>,
     pub outcome: Outcome,
+    /// For an unknown outcome whose connection the server closed (it died,
+    /// or dropped the client) rather than one that timed out: if the
+    /// operation took effect, it did before this time, when the client saw
+    /// the connection end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_before_ns: Option<u64>,
 }
 
 /// Which sequential model a key's sub-history is checked against.
@@ -239,6 +245,7 @@ pub fn history_dir() -> PathBuf {
 #[derive(Clone, Default)]
 pub struct Recorder {
     entries: Arc<Mutex<Vec<Entry>>>,
+    pending: Arc<Mutex<std::collections::BTreeSet<usize>>>,
 }
 
 /// An invoked operation; complete it with [`Pending::ok`],
@@ -246,6 +253,7 @@ pub struct Recorder {
 /// unknown).
 pub struct Pending {
     entries: Arc<Mutex<Vec<Entry>>>,
+    pending: Arc<Mutex<std::collections::BTreeSet<usize>>>,
     index: usize,
 }
 
@@ -264,8 +272,14 @@ impl Recorder {
             invoke_ns: mono_ns(),
             complete_ns: None,
             outcome: Outcome::Unknown,
+            applied_before_ns: None,
         });
+        self.pending
+            .lock()
+            .expect("recorder lock")
+            .insert(entries.len() - 1);
         Pending {
+            pending: Arc::clone(&self.pending),
             entries: Arc::clone(&self.entries),
             index: entries.len() - 1,
         }
@@ -280,10 +294,26 @@ impl Recorder {
     pub fn entries(&self) -> Vec<Entry> {
         self.entries.lock().expect("recorder lock").clone()
     }
+
+    /// The operations still waiting for their outcome.
+    pub fn pending(&self) -> Vec<(usize, Entry)> {
+        let pending: Vec<usize> = self
+            .pending
+            .lock()
+            .expect("recorder lock")
+            .iter()
+            .copied()
+            .collect();
+        let entries = self.entries.lock().expect("recorder lock");
+        pending
+            .into_iter()
+            .map(|i| (i, entries[i].clone()))
+            .collect()
+    }
 }
 
 impl Pending {
-    fn finish(self, outcome: Outcome) {
+    fn finish(self, outcome: Outcome, applied_before_ns: Option<u64>) {
         let now = mono_ns();
         let mut entries = self.entries.lock().expect("recorder lock");
         let e = &mut entries[self.index];
@@ -291,21 +321,32 @@ impl Pending {
             e.complete_ns = Some(now);
         }
         e.outcome = outcome;
+        e.applied_before_ns = applied_before_ns;
+        self.pending
+            .lock()
+            .expect("recorder lock")
+            .remove(&self.index);
     }
 
     /// Answered with `reply`.
     pub fn ok(self, reply: Reply) {
-        self.finish(Outcome::Ok(reply));
+        self.finish(Outcome::Ok(reply), None);
     }
 
     /// Certainly not applied.
     pub fn fail(self, why: &str) {
-        self.finish(Outcome::Fail(why.to_string()));
+        self.finish(Outcome::Fail(why.to_string()), None);
     }
 
-    /// Maybe applied.
+    /// Maybe applied, at any time after the invocation.
     pub fn unknown(self) {
-        self.finish(Outcome::Unknown);
+        self.finish(Outcome::Unknown, None);
+    }
+
+    /// Maybe applied; if so, before `before_ns` (see
+    /// [`Entry::applied_before_ns`]); None: at any time.
+    pub fn unknown_before(self, before_ns: Option<u64>) {
+        self.finish(Outcome::Unknown, before_ns);
     }
 
     /// Changes the operation before completing it (a release answered by

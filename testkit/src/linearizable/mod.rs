@@ -131,6 +131,7 @@ pub fn check_key(model: &LockModel, entries: &[Entry]) -> Result<(), Option<Stri
                 Outcome::Ok(_) => e.complete_ns,
                 _ => None,
             },
+            latest: e.applied_before_ns,
         })
         .collect();
     match wgl::check(model, KeyState::empty(), &calls, BUDGET) {

@@ -128,6 +128,7 @@ impl LockModel {
         let lo = (s.now + ttl_ns).saturating_sub(slack);
         let hi = call
             .complete
+            .or(call.latest)
             .map_or(u64::MAX, |c| c.saturating_add(ttl_ns + slack));
         (lo, hi)
     }
@@ -332,7 +333,7 @@ impl Model for LockModel {
 
     fn step(&self, state: &KeyState, call: &Call<Observed>) -> Vec<KeyState> {
         let t0 = state.now.max(call.invoke);
-        let end = call.complete.unwrap_or(u64::MAX);
+        let end = call.complete.or(call.latest).unwrap_or(u64::MAX);
         if t0 > end {
             return vec![];
         }
@@ -419,6 +420,7 @@ mod tests {
             op,
             invoke: from_ms * MS,
             complete: Some(to_ms * MS),
+            latest: None,
         }
     }
 
@@ -542,6 +544,7 @@ mod tests {
             op: acq(0, Mode::Exclusive, 100, None),
             invoke: 0,
             complete: None,
+            latest: None,
         };
         assert!(module(&[lost.clone(), at(x(1, None), 10, 11)]));
         assert!(module(&[lost.clone(), at(x(1, Some(6)), 10, 11)]));

@@ -21,6 +21,8 @@ pub struct Call<O> {
     /// None: unknown outcome (may have happened at any point after invoke,
     /// or never).
     pub complete: Option<u64>,
+    /// For an unknown outcome: if it happened, no later than this.
+    pub latest: Option<u64>,
 }
 
 /// A sequential model.
@@ -261,6 +263,7 @@ mod tests {
             op,
             invoke,
             complete,
+            latest: None,
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use redis::{RedisError, Value};
 
-use crate::history::{Mode, Op, Recorder, Reply};
+use crate::history::{mono_ns, Mode, Op, Recorder, Reply};
 use crate::hostile::Rng;
 use crate::register::RegisterClient;
 
@@ -83,7 +83,9 @@ enum Exec {
     /// A server error of the command itself (`ERR ...`, `WRONGTYPE ...`).
     Error(String),
     Fail(String),
-    Unknown,
+    /// Maybe applied; `Some(t)`: the server closed the connection, seen at
+    /// t (if applied, then before t); None: no answer in time.
+    Unknown(Option<u64>),
 }
 
 /// Server error codes that mean the command did not run.
@@ -134,7 +136,8 @@ fn classify(e: &RedisError) -> Exec {
             Some(d) => format!("{code} {d}"),
             None => code.to_string(),
         }),
-        None => Exec::Unknown,
+        None if e.is_timeout() => Exec::Unknown(None),
+        None => Exec::Unknown(Some(mono_ns())),
     }
 }
 
@@ -179,16 +182,20 @@ impl Client {
             let Some((_, c)) = self.conn.as_mut() else {
                 return Exec::Fail("no connection".into());
             };
-            let result: Result<Value, RedisError> = if asking.is_some() {
-                redis::pipe()
-                    .cmd("ASKING")
-                    .ignore()
-                    .add_command(cmd.clone())
-                    .query::<Vec<Value>>(c)
-                    .map(|mut v| v.pop().unwrap_or(Value::Nil))
-            } else {
-                cmd.query(c)
-            };
+            // ASKING is a flag for the next command of the connection: sent
+            // on its own, so that the command's error (if any) comes back
+            // whole rather than as a pipeline's.
+            if asking.is_some() {
+                let flagged: Result<(), RedisError> = redis::cmd("ASKING").query(c);
+                if let Err(e) = flagged {
+                    self.conn = None;
+                    return match classify(&e) {
+                        Exec::Unknown(_) | Exec::Error(_) => Exec::Fail("ASKING refused".into()),
+                        other => other,
+                    };
+                }
+            }
+            let result: Result<Value, RedisError> = cmd.query(c);
             asking = None;
             match result {
                 Ok(v) => return Exec::Ok(v),
@@ -208,7 +215,7 @@ impl Client {
                         }
                     }
                     let x = classify(&e);
-                    if matches!(x, Exec::Unknown) {
+                    if matches!(x, Exec::Unknown(_)) {
                         self.conn = None;
                     }
                     return x;
@@ -240,14 +247,18 @@ impl Client {
     /// came to a retry after an unknown attempt.
     fn run(&mut self, cmd: &redis::Cmd, retry_until: Option<Instant>) -> (Exec, bool) {
         let mut unknown = false;
+        // When every unknown attempt ended with a closed connection, the
+        // last of those times bounds when the operation took effect.
+        let mut bound: Option<u64> = Some(0);
         let mut attempts = 0;
         loop {
             attempts += 1;
             let why = match self.exec(cmd) {
                 x @ (Exec::Ok(_) | Exec::Error(_)) => return (x, unknown),
                 Exec::Fail(why) => why,
-                Exec::Unknown => {
+                Exec::Unknown(seen) => {
                     unknown = true;
+                    bound = bound.zip(seen).map(|(a, b)| a.max(b));
                     String::new()
                 }
             };
@@ -258,7 +269,7 @@ impl Client {
             if !again {
                 return (
                     if unknown {
-                        Exec::Unknown
+                        Exec::Unknown(bound)
                     } else {
                         Exec::Fail(why)
                     },
@@ -338,7 +349,9 @@ impl Client {
         let until = id
             .as_ref()
             .map(|_| started + Duration::from_millis(wait_ms.unwrap_or(0) + ttl / 2));
-        match self.run(&cmd, until).0 {
+        let result = self.run(&cmd, until).0;
+        let answered = mono_ns();
+        match result {
             Exec::Ok(v) => {
                 let token = match (&self.opts.lock, &v) {
                     (_, Value::Nil) => None,
@@ -347,7 +360,7 @@ impl Client {
                     (_, other) => panic!("unexpected acquire reply {other:?}"),
                 };
                 if token.is_some() && self.opts.wait_replica && !self.replicated() {
-                    pending.unknown();
+                    pending.unknown_before(Some(answered));
                     return Err(Unsure);
                 }
                 pending.ok(Reply::Token(token));
@@ -357,8 +370,8 @@ impl Client {
                 pending.ok(Reply::Error(e));
                 Ok(None)
             }
-            Exec::Unknown => {
-                pending.unknown();
+            Exec::Unknown(before) => {
+                pending.unknown_before(before);
                 Err(Unsure)
             }
             Exec::Fail(why) => {
@@ -410,6 +423,7 @@ impl Client {
             .as_ref()
             .map(|_| Instant::now() + Duration::from_millis(self.opts.ttl_ms.0 / 2));
         let (result, retried) = self.run(&cmd, until);
+        let answered = mono_ns();
         if retried {
             pending.set_op(op(true));
         }
@@ -423,7 +437,7 @@ impl Client {
                     (_, other) => panic!("unexpected release reply {other:?}"),
                 };
                 if left.is_some() && self.opts.wait_replica && !self.replicated() {
-                    pending.unknown();
+                    pending.unknown_before(Some(answered));
                     return Err(Unsure);
                 }
                 pending.ok(Reply::Remaining(left));
@@ -433,8 +447,8 @@ impl Client {
                 pending.ok(Reply::Error(e));
                 Err(Unsure)
             }
-            Exec::Unknown => {
-                pending.unknown();
+            Exec::Unknown(before) => {
+                pending.unknown_before(before);
                 Err(Unsure)
             }
             Exec::Fail(why) => {
@@ -457,10 +471,12 @@ impl Client {
         );
         let mut cmd = redis::cmd("LOCK.RENEW");
         cmd.arg(key).arg(owner).arg(ttl);
-        match self.run(&cmd, None).0 {
+        let result = self.run(&cmd, None).0;
+        let answered = mono_ns();
+        match result {
             Exec::Ok(Value::Int(n)) => {
                 if n == 1 && self.opts.wait_replica && !self.replicated() {
-                    pending.unknown();
+                    pending.unknown_before(Some(answered));
                     return Err(Unsure);
                 }
                 pending.ok(Reply::Renewed(n == 1));
@@ -471,8 +487,8 @@ impl Client {
                 pending.ok(Reply::Error(e));
                 Err(Unsure)
             }
-            Exec::Unknown => {
-                pending.unknown();
+            Exec::Unknown(before) => {
+                pending.unknown_before(before);
                 Err(Unsure)
             }
             Exec::Fail(why) => {
@@ -618,8 +634,9 @@ impl Client {
             let with_id = self.rng.percent(50);
             match self.release(key, owner, 1, with_id) {
                 Ok(Some(left)) => {
+                    // Exclusive holds go first.
                     let left = left as u64;
-                    let ex = held.0.min(left);
+                    let ex = held.0.saturating_sub(1).min(left);
                     *held = (ex, left - ex);
                     Ok(())
                 }
