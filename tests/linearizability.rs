@@ -480,8 +480,15 @@ impl Drop for ClientProcess {
 /// again and again until the run is over; returns how often.
 fn stop_the_holder_repeatedly(w: &Workload, p: &ClientProcess, rng: &mut Rng) -> u32 {
     let mut stops = 0;
-    while w.running() {
-        if !p.next_grant(w.remaining()) {
+    // The first stop may come after the run's time on a slow machine (the
+    // process keeps trying until it has held once).
+    while w.running() || stops == 0 {
+        let within = if stops == 0 {
+            w.remaining().max(testkit::PATIENCE)
+        } else {
+            w.remaining()
+        };
+        if !p.next_grant(within) {
             break;
         }
         // In the middle of its writes.
