@@ -407,6 +407,7 @@ const finalizer = new FinalizationRegistry<Dropped>(({ handle, cell, request }) 
   const lease = cell.pop();
   if (lease === undefined || handle.client.closed) return;
   const detached = lease.detach(request.hold, proto.releaseCount(request));
+  if (detached.last) handle.client.watchdog.forget(lease);
   if (!detached.lost) void handle.finishRelease(lease, detached).catch(() => {});
 });
 
@@ -473,6 +474,7 @@ export class Guard implements AsyncDisposable {
     if (lease === undefined) return false;
     finalizer.unregister(this);
     const detached = lease.detach(this.#request.hold, proto.releaseCount(this.#request));
+    if (detached.last) this.#handle.client.watchdog.forget(lease);
     if (detached.lost) return false;
     return this.#handle.finishRelease(lease, detached);
   }

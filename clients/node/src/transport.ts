@@ -19,7 +19,7 @@
 
 import calculateSlot from "cluster-key-slot";
 import { createClient, ErrorReply, RESP_TYPES } from "redis";
-import { ServerError } from "./errors.js";
+import { FencelockError, ServerError } from "./errors.js";
 import { type Args, ConnectionError, type Key } from "./protocol.js";
 
 // biome-ignore lint/suspicious/noExplicitAny: any node-redis client, whatever its modules and scripts
@@ -29,6 +29,11 @@ export type NodeRedisCluster = import("redis").RedisClusterType<any, any, any, a
 
 /** Integers as text: fencing tokens are above 2^53. */
 const TYPES = { [RESP_TYPES.NUMBER]: String } as const;
+/**
+ * The longest delay a Node timer takes (about 24.8 days; a longer one fires
+ * at once): a longer reply timeout (a wait of up to 30 days) is no timeout.
+ */
+const MAX_TIMER = 2 ** 31 - 1;
 /** Idle waiting connections kept per node. */
 const MAX_IDLE = 16;
 const MAX_REDIRECTS = 5;
@@ -109,10 +114,12 @@ class Conn {
    */
   async send(
     commands: readonly Args[],
-    timeout: number | undefined,
+    maybeTimeout: number | undefined,
     signal?: AbortSignal,
     dropOnTimeout = true,
   ): Promise<unknown[]> {
+    const timeout =
+      maybeTimeout !== undefined && maybeTimeout > MAX_TIMER ? undefined : maybeTimeout;
     const start = performance.now();
     try {
       await this.ready(timeout, signal);
@@ -165,6 +172,8 @@ class Conn {
 export class Node {
   #quick: Conn | undefined;
   readonly #idle: Conn[] = [];
+  /** Waiting connections in use: closed with the client, which ends their waits. */
+  readonly #busy = new Set<Conn>();
   #closed = false;
 
   constructor(
@@ -174,7 +183,7 @@ export class Node {
   ) {}
 
   #shared(): Conn {
-    if (this.#closed) throw new ConnectionError("the client is closed");
+    if (this.#closed) throw new FencelockError("the client is closed"); // not retried
     if (this.#quick === undefined || this.#quick.closed) this.#quick = new Conn(this.options);
     return this.#quick;
   }
@@ -203,14 +212,16 @@ export class Node {
     timeout: number | undefined,
     signal: AbortSignal | undefined,
   ): Promise<unknown[]> {
-    if (this.#closed) throw new ConnectionError("the client is closed");
+    if (this.#closed) throw new FencelockError("the client is closed"); // not retried
     const conn = this.#idle.pop() ?? new Conn(this.options);
+    this.#busy.add(conn);
     let ok = false;
     try {
       const replies = await conn.send(commands, timeout, signal);
       ok = true;
       return replies;
     } finally {
+      this.#busy.delete(conn);
       if (ok && !conn.closed && !this.#closed && this.#idle.length < MAX_IDLE)
         this.#idle.push(conn);
       else conn.close();
@@ -220,7 +231,7 @@ export class Node {
   close(): void {
     this.#closed = true;
     this.#quick?.close();
-    for (const c of this.#idle.splice(0)) c.close();
+    for (const c of [...this.#idle.splice(0), ...this.#busy]) c.close();
   }
 }
 

@@ -18,6 +18,12 @@ import type { Transport } from "./transport.js";
 /** What the watchdog needs of the transport. */
 export type Renewer = Pick<Transport, "batch">;
 
+/**
+ * The longest delay a Node timer takes (about 24.8 days; a longer one fires
+ * at once). A lease may last 30 days: its timers wake up early and look again.
+ */
+const MAX_TIMER = 2 ** 31 - 1;
+
 /** A renewal may go out this fraction of its interval early, to share a write with others. */
 const EARLY = 1 / 20;
 
@@ -47,7 +53,7 @@ export class Watched {
 }
 
 export class Watchdog {
-  readonly #watched = new Set<Watched>();
+  readonly #watched = new Map<Lease, Watched>();
   #pending: Watched[] = [];
   #closed = false;
   /** Renewals sent and answered 1 (for tests and the benchmark). */
@@ -57,30 +63,37 @@ export class Watchdog {
 
   watch(w: Watched): void {
     if (this.#closed) return;
-    this.#watched.add(w);
+    this.#watched.set(w.lease, w);
     this.#armDeadline(w);
     if (w.lease.params.watchdog) this.#schedule(w, w.lease.confirmedAt + w.lease.params.renewEvery);
   }
 
   close(): void {
     this.#closed = true;
-    for (const w of this.#watched) {
+    for (const w of this.#watched.values()) {
       clearTimeout(w.renewTimer);
       clearTimeout(w.deadlineTimer);
     }
     this.#watched.clear();
   }
 
+  /** A lease whose guards are all gone: its timers go at once. */
+  forget(lease: Lease): void {
+    const w = this.#watched.get(lease);
+    if (w !== undefined) this.#drop(w);
+  }
+
   #drop(w: Watched): void {
     clearTimeout(w.renewTimer);
     clearTimeout(w.deadlineTimer);
-    this.#watched.delete(w);
+    if (this.#watched.get(w.lease) === w) this.#watched.delete(w.lease);
   }
 
   #armDeadline(w: Watched): void {
     clearTimeout(w.deadlineTimer);
     const delay = Math.max(w.lease.deadline - performance.now(), 0);
-    w.deadlineTimer = setTimeout(() => this.#checkDeadline(w), delay + 1).unref();
+    w.deadlineTimer = setTimeout(() => this.#checkDeadline(w), Math.min(delay + 1, MAX_TIMER));
+    w.deadlineTimer.unref();
   }
 
   #checkDeadline(w: Watched): void {
@@ -100,7 +113,13 @@ export class Watchdog {
     w.due = at;
     const early = at - w.lease.params.renewEvery * EARLY;
     clearTimeout(w.renewTimer);
-    w.renewTimer = setTimeout(() => this.#due(w), Math.max(early - performance.now(), 0)).unref();
+    const delay = Math.max(early - performance.now(), 0);
+    if (delay > MAX_TIMER) {
+      w.renewTimer = setTimeout(() => this.#schedule(w, at), MAX_TIMER);
+    } else {
+      w.renewTimer = setTimeout(() => this.#due(w), delay);
+    }
+    w.renewTimer.unref();
   }
 
   /** Renewals that fall due in the same moment go out together. */

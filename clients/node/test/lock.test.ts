@@ -328,6 +328,51 @@ test("no server: the acquire is retried for its ttl, then fails with ConnectionF
   assert.ok(performance.now() - start >= 299, "retried until the window's end");
 });
 
+test("leases and waits longer than a Node timer can count (24.8 days) are kept", async () => {
+  const c = client();
+  const month = 2_592_000_000; // 30 days, the module's most
+  const guard = await c.lock("job").acquire({ ttl: month, watchdog: false });
+  assert.ok(guard);
+  const connections = async () => {
+    const text = String(await server.admin.sendCommand(["INFO", "stats"]));
+    return Number(/total_connections_received:(\d+)/.exec(text)?.[1]);
+  };
+  const before = await connections();
+  const waiting = c.lock("job").acquire({ ttl: month, wait: month - 1 });
+  await waitFor("the waiter queued", async () => (await waiters()) === 1);
+  await sleep(300);
+  // Neither the lease's deadline nor the wait's reply timeout fired early:
+  // still held, still one waiter on the one connection it opened.
+  assert.equal(guard.signal.aborted, false);
+  assert.ok(guard.remaining() > 0.85 * month, "the ttl less its margin (a tenth)");
+  assert.equal(await waiters(), 1);
+  assert.ok((await connections()) - before <= 2, "no reconnection loop");
+  assert.equal(await guard.release(), true);
+  const handed = await waiting;
+  assert.ok(handed);
+  assert.equal(await handed.release(), true);
+});
+
+test("closing the client ends its waits, queued or retrying", async () => {
+  const holder = await client().lock("job").acquire({ ttl: 30_000 });
+  assert.ok(holder);
+  const closed = { name: "FencelockError", message: "the client is closed" };
+  // Queued on the server.
+  const queued = client();
+  const first = queued.lock("job").acquire({ wait: Number.POSITIVE_INFINITY });
+  await waitFor("the waiter queued", async () => (await waiters()) === 1);
+  queued.close();
+  await assert.rejects(first, closed);
+  await waitFor("the queue empty", async () => (await waiters()) === 0);
+  // Between retries: its connection was cut.
+  const retrying = client();
+  const second = retrying.lock("job").acquire({ wait: Number.POSITIVE_INFINITY });
+  await waitFor("the waiter queued", async () => (await waiters()) === 1);
+  await server.admin.sendCommand(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+  retrying.close();
+  await assert.rejects(second, closed);
+});
+
 test("a dropped guard is released", {
   skip: typeof globalThis.gc !== "function" && "needs --expose-gc",
 }, async () => {
