@@ -11,7 +11,7 @@ use crate::key::LockKey;
 use crate::metrics::{bump, STATS};
 use crate::redis::calls;
 use crate::rules::schedule::DueLease;
-use crate::state::{self, is_master, now_ms};
+use crate::state::{self, is_master, now_ms, State};
 
 /// Leases one run of the expiry timer takes from the schedule at a time;
 /// it looks at the clock after each such chunk.
@@ -32,24 +32,39 @@ pub const PAUSED_RETRY_MS: u64 = 10;
 /// end; it costs nothing unless a lease earlier than the armed timer (or
 /// the first lease) was tracked.
 pub fn ensure_armed(ctx: &Context) {
-    let plan = state::with(|s| {
-        if !std::mem::take(&mut s.arm_needed) {
-            return None;
-        }
-        let next = s.schedule.next_deadline()?;
-        match s.expiry_timer {
-            Some((_, armed_for)) if armed_for <= next => None,
-            current => Some((current.map(|(id, _)| id), next)),
-        }
+    let next = state::with(|s| {
+        std::mem::take(&mut s.arm_needed)
+            .then(|| s.schedule.next_deadline())
+            .flatten()
     });
-    let Some((old, next)) = plan else {
+    arm_deadline_timer(ctx, |s| &mut s.expiry_timer, next, on_expiry_timer);
+}
+
+/// Arms the deadline timer kept in `slot` (its id and the deadline it is
+/// armed for) to fire at `next`, unless it is armed for `next` or earlier
+/// already; an armed timer for a later deadline is stopped first. Shared by
+/// the expiry timer and the wait timer (`waiting`).
+pub fn arm_deadline_timer(
+    ctx: &Context,
+    slot: fn(&mut State) -> &mut Option<(u64, u64)>,
+    next: Option<u64>,
+    callback: calls::TimerCallback,
+) {
+    let Some(next) = next else {
+        return;
+    };
+    let old = state::with(|s| match *slot(s) {
+        Some((_, armed_for)) if armed_for <= next => None,
+        current => Some(current.map(|(id, _)| id)),
+    });
+    let Some(old) = old else {
         return;
     };
     if let Some(id) = old {
         calls::stop_timer(ctx, id);
     }
-    let id = calls::start_timer(ctx, next.saturating_sub(now_ms()), on_expiry_timer);
-    state::with(|s| s.expiry_timer = id.map(|id| (id, next)));
+    let id = calls::start_timer(ctx, next.saturating_sub(now_ms()), callback);
+    state::with(|s| *slot(s) = id.map(|id| (id, next)));
 }
 
 /// Redis's cron (`hz` times a second, on the monotonic clock) measures the

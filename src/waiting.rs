@@ -14,13 +14,13 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
-use crate::events;
 use crate::key::LockKey;
 use crate::metrics::{bump, STATS};
 use crate::redis::calls::{self, WaitHandlers, WaitOutcome};
 use crate::rules::args::Acquire;
 use crate::rules::queue::{Waiter, WaiterId};
 use crate::state::{self, now_ms};
+use crate::{events, expiry};
 
 /// What Redis's callbacks for a blocked acquirer do.
 static HANDLERS: WaitHandlers = WaitHandlers {
@@ -57,21 +57,8 @@ pub fn block(
 
 /// Makes sure the wait timer fires by the earliest wait deadline.
 fn arm_wait_timer(ctx: &Context) {
-    let plan = state::with(|s| {
-        let next = s.queues.next_wait_deadline()?;
-        match s.wait_timer {
-            Some((_, armed_for)) if armed_for <= next => None,
-            current => Some((current.map(|(id, _)| id), next)),
-        }
-    });
-    let Some((old, next)) = plan else {
-        return;
-    };
-    if let Some(id) = old {
-        calls::stop_timer(ctx, id);
-    }
-    let id = calls::start_timer(ctx, next.saturating_sub(now_ms()), on_wait_timer);
-    state::with(|s| s.wait_timer = id.map(|id| (id, next)));
+    let next = state::with(|s| s.queues.next_wait_deadline());
+    expiry::arm_deadline_timer(ctx, |s| &mut s.wait_timer, next, on_wait_timer);
 }
 
 /// Re-arms the wait timer (the wall clock was stepped, and Redis times

@@ -364,7 +364,10 @@ mod tests {
         q.push(0, b"k", w(2, "b", X, Some(500)));
         let mut lock = Lock::default();
         let s = serve(&mut q, &mut lock, 100);
-        assert_eq!(s.timed_out.iter().map(|w| w.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            s.timed_out.iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![1]
+        );
         assert_eq!(ids(&s.granted), vec![2]);
         assert_eq!(q.next_wait_deadline(), None);
     }
