@@ -67,8 +67,8 @@ fn integer(v: u64) -> RedisValue {
 }
 
 /// `LOCK.ACQUIRE key owner ttl-ms [SHARED | LIMIT permits [COUNT n]] [WAIT timeout-ms]`
-pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    on_key(ctx, &args, args::acquire, |key, req, now| {
+pub fn acquire(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    on_key(ctx, args, args::acquire, |key, req, now| {
         let current = key.current(now)?;
         if let (Some(id), Some(lock)) = (req.id, current.as_deref()) {
             if let Some(reply) = lock.answered(req.owner, id) {
@@ -138,8 +138,8 @@ pub fn acquire(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// `LOCK.RENEW key owner ttl-ms`
-pub fn renew(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    on_key(ctx, &args, args::renew, |key, req, now| {
+pub fn renew(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    on_key(ctx, args, args::renew, |key, req, now| {
         if let Some(lock) = key.current(now)? {
             if let Some((i, before)) = lock.renew(req.owner, now, req.ttl_ms) {
                 key.holder_changed(lock, i, Some(before));
@@ -153,8 +153,8 @@ pub fn renew(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// `LOCK.RELEASE key owner [COUNT n] [ID request-id]`
-pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    on_key(ctx, &args, args::release, |key, req, now| {
+pub fn release(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    on_key(ctx, args, args::release, |key, req, now| {
         if let Some(lock) = key.current(now)? {
             if let Some(reply) = req.id.and_then(|id| lock.answered(req.owner, id)) {
                 // A retry of a release this owner already had applied.
@@ -192,8 +192,8 @@ pub fn release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// `LOCK.FORCERELEASE key [owner]`
-pub fn force_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    on_key(ctx, &args, args::force_release, |key, req, now| {
+pub fn force_release(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    on_key(ctx, args, args::force_release, |key, req, now| {
         let Some(lock) = key.current(now)? else {
             return Ok(RedisValue::Integer(0));
         };
@@ -217,8 +217,8 @@ pub fn force_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// `LOCK.INFO key`: read-only; a lease that has passed is never shown (also
 /// on a replica, which waits for the master to remove it).
-pub fn info(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let (name, ()) = parsed(&args, args::key_only)?;
+pub fn info(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    let (name, ()) = parsed(args, args::key_only)?;
     let key = ctx.open_key(name);
     let lock = key
         .get_value::<Lock>(&LOCK_TYPE)
@@ -239,7 +239,7 @@ pub fn info(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// replicates it and as the AOF records it (see docs/INTERFACE.md).
 /// Accepted only from the master's replication stream or while loading the
 /// AOF.
-pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn apply(ctx: &Context, args: &[RedisString]) -> RedisResult {
     if !ctx
         .get_flags()
         .intersects(ContextFlags::REPLICATED | ContextFlags::LOADING)
@@ -248,7 +248,7 @@ pub fn apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             "ERR LOCK.APPLY is internal: accepted only from the replication stream or the AOF",
         ));
     }
-    let (name, req) = parsed(&args, args::apply)?;
+    let (name, req) = parsed(args, args::apply)?;
     let now = now_ms();
     // The stream's deadlines are wall-clock times (`rules::clock`).
     let wall = state::wall_offset();

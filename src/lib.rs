@@ -42,7 +42,11 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         redis_module::logging::log_warning(msg.replace('%', "%%").replace('\0', "\\0"));
         eprintln!("{msg}");
     }));
-    let steps: [InitStep; 3] = [
+    let steps: [InitStep; 4] = [
+        (
+            entry::register_commands,
+            "fencelock: could not register the LOCK.* commands",
+        ),
         (
             calls::handle_io_errors,
             "fencelock: could not ask Redis to report RDB read errors to the module",
@@ -88,12 +92,7 @@ redis_module! {
     allocator: (allocator!(), allocator!()),
     data_types: [LOCK_TYPE],
     init: init,
-    commands: [
-        ["lock.acquire", commands::acquire, "write deny-oom", 1, 1, 1, ""],
-        ["lock.renew", commands::renew, "write fast", 1, 1, 1, ""],
-        ["lock.release", commands::release, "write fast", 1, 1, 1, ""],
-        ["lock.forcerelease", commands::force_release, "write", 1, 1, 1, ""],
-        ["lock.info", commands::info, "readonly fast", 1, 1, 1, ""],
-        ["lock.apply", commands::apply, "write", 1, 1, 1, ""],
-    ],
+    // The commands are registered by `entry::register_commands` (from `init`),
+    // which hands them their arguments without copying them.
+    commands: [],
 }

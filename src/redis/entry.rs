@@ -3,16 +3,93 @@
 //! section. Each converts its arguments and calls one safe function of the
 //! layer it serves (`datatype`, `events`, `metrics`).
 
+use std::ffi::CStr;
 use std::os::raw::{c_int, c_void};
 use std::ptr;
 
 use redis_module::logging::{self, RedisLogLevel};
-use redis_module::{raw, Context, InfoContext};
+use redis_module::{raw, Context, InfoContext, RedisResult, RedisString};
 
 use super::calls::{self, RdbReader, RdbWriter, ERR, OK};
 use super::string_bytes;
 use crate::rules::lock::Lock;
-use crate::{datatype, events, expiry, metrics, state};
+use crate::{commands, datatype, events, expiry, metrics, state};
+
+// ------------------------------------------------------------- the commands
+
+/// A command as the command layer writes it: the context and the arguments
+/// (the command name first).
+type Command = fn(&Context, &[RedisString]) -> RedisResult;
+
+/// Runs `command` on the arguments Redis passed, borrowed for the call:
+/// redis-module's own dispatch retains and frees every argument and
+/// collects them into a fresh vector, ~500 instructions a call.
+fn dispatch(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+    command: Command,
+) -> c_int {
+    let context = Context::new(ctx);
+    let n = usize::try_from(argc).unwrap_or(0);
+    let raw_args: &[*mut raw::RedisModuleString] = if argv.is_null() || n == 0 {
+        &[]
+    } else {
+        // SAFETY: Redis passes `argc` valid string pointers in `argv`, alive
+        // and unchanged until the command returns.
+        unsafe { std::slice::from_raw_parts(argv, n) }
+    };
+    // Wrapped without retaining them (Redis owns them); never dropped, so
+    // never freed by us: each is forgotten below.
+    let args: smallvec::SmallVec<[RedisString; 12]> = raw_args
+        .iter()
+        .map(|&a| RedisString::from_redis_module_string(ctx, a))
+        .collect();
+    let reply = command(&context, &args);
+    args.into_iter().for_each(std::mem::forget);
+    context.reply(reply) as c_int
+}
+
+macro_rules! command_entry {
+    ($name:ident, $command:path) => {
+        extern "C" fn $name(
+            ctx: *mut raw::RedisModuleCtx,
+            argv: *mut *mut raw::RedisModuleString,
+            argc: c_int,
+        ) -> c_int {
+            dispatch(ctx, argv, argc, $command)
+        }
+    };
+}
+
+command_entry!(acquire_entry, commands::acquire);
+command_entry!(renew_entry, commands::renew);
+command_entry!(release_entry, commands::release);
+command_entry!(force_release_entry, commands::force_release);
+command_entry!(info_entry, commands::info);
+command_entry!(apply_entry, commands::apply);
+
+/// Registers the `LOCK.*` commands (name, entry point, flags; the key is
+/// always the first argument); call once from the module's init.
+pub fn register_commands(ctx: &Context) -> bool {
+    // SAFETY: reading a function pointer Redis filled in at module load.
+    let Some(create) = (unsafe { raw::RedisModule_CreateCommand }) else {
+        return false;
+    };
+    let table: [(&CStr, raw::RedisModuleCmdFunc, &CStr); 6] = [
+        (c"lock.acquire", Some(acquire_entry), c"write deny-oom"),
+        (c"lock.renew", Some(renew_entry), c"write fast"),
+        (c"lock.release", Some(release_entry), c"write fast"),
+        (c"lock.forcerelease", Some(force_release_entry), c"write"),
+        (c"lock.info", Some(info_entry), c"readonly fast"),
+        (c"lock.apply", Some(apply_entry), c"write"),
+    ];
+    table.into_iter().all(|(name, entry, flags)| {
+        // SAFETY: the init context; NUL-terminated name and flags that
+        // outlive the call; `entry` matches the command function type.
+        unsafe { create(ctx.ctx, name.as_ptr(), entry, flags.as_ptr(), 1, 1, 1) == OK }
+    })
+}
 
 // ------------------------------------------------------------- the data type
 

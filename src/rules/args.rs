@@ -104,10 +104,14 @@ pub const ERR_APPLY: &str =
 
 /// A non-negative decimal integer, strictly digits (no sign, no spaces).
 fn parse_u64(raw: &[u8]) -> Option<u64> {
-    if raw.is_empty() || raw.len() > 20 || !raw.iter().all(u8::is_ascii_digit) {
+    if raw.is_empty() || raw.len() > 20 {
         return None;
     }
-    std::str::from_utf8(raw).ok()?.parse().ok()
+    raw.iter().try_fold(0u64, |n, &b| {
+        let digit = b.wrapping_sub(b'0');
+        (digit <= 9).then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 fn parse_ttl(raw: &[u8]) -> Result<u64, ArgError> {
@@ -320,6 +324,30 @@ pub fn apply<'a>(args: &[&'a [u8]]) -> Result<Apply<'a>, ArgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_are_plain_decimal_digits_within_u64() {
+        assert_eq!(parse_u64(b"0"), Some(0));
+        assert_eq!(parse_u64(b"007"), Some(7));
+        assert_eq!(parse_u64(b"3600000"), Some(3_600_000));
+        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"99999999999999999999",
+            b"000000000000000000001",
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"0x10",
+            b"1.0",
+            b"\xd9\xa1",
+        ] {
+            assert_eq!(parse_u64(bad), None, "{bad:?}");
+        }
+    }
 
     fn v(s: &[&'static str]) -> Vec<&'static [u8]> {
         s.iter().map(|a| a.as_bytes()).collect()
