@@ -6,11 +6,14 @@ redis-server with the module, in one run,
    the lock 1 ms per acquisition, for this package (waiting in the
    server's FIFO queue), python-redis-lock (SET NX + BLPOP on a signal
    list; threads only, it has no asyncio API) and redis-py's own ``Lock``
-   (SET NX polling; ``sleep=0.001``, its default of 0.1 s would be worse):
-   acquisitions/s, wait p50/p99/max (acquire called → granted), server
-   commands per acquisition (``INFO commandstats`` deltas; the benchmark's
-   own INFO calls and the handshakes of new connections left out), fairness
-   (max/min grants per worker); three rounds, the rows interleaved;
+   (SET NX polling; ``sleep=0.001``, its default of 0.1 s would be worse),
+   and, threads only, a bare redis-py loop sending the module's commands
+   itself (``LOCK.ACQUIRE ... WAIT 0``, ``LOCK.RELEASE``; no client) to show
+   what the client adds: acquisitions/s, wait p50/p99/max (acquire called →
+   granted), server commands per acquisition (``INFO commandstats`` deltas;
+   the benchmark's own INFO calls and the handshakes of new connections left
+   out), fairness (max/min grants per worker); three rounds, the rows interleaved; and the
+   FIFO floor of the wait (15 hand-off cycles, from the measured rate);
 2. the watchdog's cost: 10,000 locks held by one process and renewed every
    ttl/3 (ttl 3 s) for 10 s, sync and asyncio: renewals per second kept up,
    client CPU per renewal, leases lost.
@@ -38,6 +41,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import redis
 import redis.asyncio
@@ -48,11 +52,14 @@ import fencelock.asyncio
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-MODULE = REPO / "target" / "release" / "libfencelock.so"
+# FENCELOCK_MODULE overrides the module's path (e.g. a copy taken while
+# target/ is being rebuilt).
+MODULE = Path(os.environ.get("FENCELOCK_MODULE", REPO / "target" / "release" / "libfencelock.so"))
 
 WORKERS = 16
 HOLD = 0.001
 KEY = "bench:contended"
+RAW = "raw module commands (redis-py, no client)"
 HANDSHAKE = {
     "cmdstat_info",
     "cmdstat_hello",
@@ -274,6 +281,27 @@ def fencelock_threads(port: int) -> ThreadLock:
     return make
 
 
+def raw_commands_threads(port: int) -> ThreadLock:
+    """No client: the module's commands sent with redis-py, one connection
+    per thread, owner ``f"{uuid4()}:{i}"``."""
+    numbers = iter(range(WORKERS))
+    made = threading.Lock()
+
+    def make() -> tuple[Callable[[], object], Callable[[], object]]:
+        with made:
+            i = next(numbers)
+        r = redis.Redis(port=port)
+        owner = f"{uuid4()}:{i}"
+
+        def acquire() -> None:
+            token = r.execute_command("LOCK.ACQUIRE", KEY, owner, "30000", "WAIT", "0")
+            assert token is not None
+
+        return acquire, lambda: r.execute_command("LOCK.RELEASE", KEY, owner)
+
+    return make
+
+
 def python_redis_lock_threads(port: int) -> ThreadLock:
     r = redis.Redis(port=port)
 
@@ -421,6 +449,7 @@ def report(
     ours_t = by[("fencelock", "16 threads")]
     ours_a = by[("fencelock", "16 asyncio tasks")]
     theirs = by[("python-redis-lock", "16 threads")]
+    raw = by[(RAW, "16 threads")]
     lines += [
         "",
         "| watchdog | held locks | ttl | renewals/s needed | renewals/s done | client CPU per renewal | client CPU (share of one core) | leases lost |",
@@ -467,6 +496,20 @@ def report(
     lines += ["", "| target | measured | verdict |", "|---|---|---|"]
     for name, measured, ok in targets:
         lines.append(f"| {name} | {measured} | {verdict(ok)} |")
+    overhead = statistics.median(
+        a.rate / b.rate for a, b in zip(ours_t.runs, raw.runs, strict=True)
+    )
+    cycle_ms = 1000 / ours_t.rate
+    lines += [
+        "",
+        f"Client overhead (informational, no target): fencelock ÷ raw commands acquisitions/s "
+        f"(16 threads; median of the rounds' ratios) = {overhead:.2f}× "
+        f"({ours_t.rate:,.0f} vs {raw.rate:,.0f}).",
+        "",
+        f"FIFO floor: 15 × measured cycle (1 / fencelock acquisitions/s) = "
+        f"15 × {cycle_ms:.2f} ms = {15 * cycle_ms:.1f} ms; fencelock's wait p50 "
+        f"{ours_t.wait_ms(0.5):.2f} ms, p99 {ours_t.wait_ms(0.99):.2f} ms (16 threads).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -484,6 +527,7 @@ def main() -> None:
         port, s = server.port, args.seconds
         thread_rows: list[tuple[str, Callable[[int], ThreadLock]]] = [
             ("fencelock", fencelock_threads),
+            (RAW, raw_commands_threads),
             ("python-redis-lock", python_redis_lock_threads),
             ("redis-py Lock", redis_py_threads),
         ]
