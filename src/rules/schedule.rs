@@ -15,7 +15,7 @@
 //! sorted by `(token, key)`, under an ordered map by `(deadline, db)`. A
 //! fresh grant's token is the largest yet, so grants append to their group
 //! and fill it (a lease then costs its record and a little slack), where a
-//! B-tree entry per lease, half full after in-order inserts, cost ~130
+//! B-tree entry per lease, half full after in-order inserts, cost ~110
 //! bytes. A renewal or a release finds its record by binary search. A group
 //! that grows past [`LARGE_GROUP`] leases (thousands of locks `RESTORE`d
 //! with one deadline, say) becomes a B-tree of its own, so that no insert
