@@ -204,7 +204,9 @@ fn watch_stuck(
             std::thread::sleep(Duration::from_millis(500));
             let now = testkit::history::mono_ns();
             for (i, e) in rec.pending() {
-                if now - e.invoke_ns < 2_000_000_000 || reported.len() >= 10 {
+                // An operation invoked after `now` was read is younger than that.
+                let age_ns = now.saturating_sub(e.invoke_ns);
+                if age_ns < 2_000_000_000 || reported.len() >= 10 {
                     continue;
                 }
                 if !reported.insert(i) {
@@ -221,7 +223,7 @@ fn watch_stuck(
                 };
                 eprintln!(
                     "{label}: no answer for {:.1} s: process {} {:?} on {}; LOCK.INFO: {}; blocked clients: {}; {}",
-                    (now - e.invoke_ns) as f64 / 1e9,
+                    age_ns as f64 / 1e9,
                     e.process,
                     e.op,
                     e.key,
